@@ -1,0 +1,55 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+# Both create .venv and install what they need; nothing else is required.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8080
+HOST   ?= 127.0.0.1
+WORKERS ?= 2
+# Embedded default store: an SQLite file under the project.
+DATABASE_URL ?= sqlite:///$(CURDIR)/var/calcinosis-cds.sqlite3
+
+.PHONY: run test lint format fixtures clean help
+
+help:
+	@echo "make run     serve the CDS service on http://$(HOST):$(PORT) (PORT=... to change)"
+	@echo "make test    lint (ruff) and run the whole test suite"
+	@echo "make format  format the code with ruff"
+	@echo "make fixtures  regenerate fixtures/ (AS_OF=YYYY-MM-DD to re-anchor the dates)"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"' \
+		|| { echo "error: $(PYTHON) is older than 3.11; set PYTHON=python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV) || { echo "error: could not create $(VENV); on Debian: apt-get install python3-venv"; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	@mkdir -p var
+	DATABASE_URL='$(DATABASE_URL)' $(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) \
+		--access-logfile - 'cds_service.app:create_app()'
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+format: $(VENV)/.installed-test
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+fixtures: $(VENV)/.installed-test
+	$(BIN)/python -m fixtures.build $(if $(AS_OF),--as-of $(AS_OF))
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

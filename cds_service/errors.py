@@ -1,0 +1,53 @@
+"""Errors that reach the caller, independent of the web framework.
+
+Every layer raises `InputError` (or a subclass) with the JSON path at fault; the HTTP layer
+turns it into a status code and an OperationOutcome body. Nothing here imports Flask.
+"""
+
+from __future__ import annotations
+
+
+class InputError(Exception):
+    """The request cannot be processed as sent.
+
+    `status` is the HTTP status, `code` the FHIR OperationOutcome issue type, `path` the JSON
+    path at fault (e.g. ``prefetch.observations.entry[3].resource.status``), or None.
+    """
+
+    status = 400
+    code = "invalid"
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+
+class NotFound(InputError):
+    status = 404
+    code = "not-found"
+
+
+class UnsupportedMediaType(InputError):
+    status = 415
+    code = "not-supported"
+
+
+class PayloadTooLarge(InputError):
+    status = 413
+    code = "too-long"
+
+
+class PrefetchUnavailable(InputError):
+    """Required FHIR data was neither prefetched nor obtainable (CDS Hooks: 412)."""
+
+    status = 412
+    code = "processing"
+
+    def __init__(self, keys: list[str], reason: str) -> None:
+        self.keys = keys
+        names = ", ".join(keys)
+        super().__init__(
+            f"Cannot evaluate: prefetch key(s) {names} {reason}.",
+            path=", ".join(f"prefetch.{k}" for k in keys),
+        )

@@ -1,0 +1,79 @@
+"""All configuration, read from the environment in one place.
+
+Every setting has an embedded default so that the service runs with no configuration at all
+(SQLite file under the working directory, English cards). `Settings.from_env()` is the only
+place that reads `os.environ`; tests build `Settings` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_CARDS_DIR = PACKAGE_DIR.parent / "cards"
+SUPPORTED_LANGUAGES = ("en", "fr")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with; the message says which and why."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime configuration of the service."""
+
+    database_url: str = "sqlite:///var/calcinosis-cds.sqlite3"
+    default_language: str = "en"
+    max_body_bytes: int = 5 * 1024 * 1024
+    cors_origins: tuple[str, ...] = ("*",)
+    cards_dir: Path = DEFAULT_CARDS_DIR
+    log_level: str = "INFO"
+    # Injected clock: the only source of "now" for staleness and ages (tests pin it).
+    clock: Callable[[], datetime] = field(default=_utcnow, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.default_language not in SUPPORTED_LANGUAGES:
+            raise SettingsError(
+                f"CDS_DEFAULT_LANGUAGE must be one of {', '.join(SUPPORTED_LANGUAGES)}, "
+                f"not {self.default_language!r}"
+            )
+        if self.max_body_bytes < 1024:
+            raise SettingsError("CDS_MAX_BODY_BYTES must be at least 1024")
+        if not self.cards_dir.is_dir():
+            raise SettingsError(f"CDS_CARDS_DIR {str(self.cards_dir)!r} is not a directory")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables (see the README, "Settings")."""
+        env = os.environ if env is None else env
+        kwargs: dict[str, object] = {}
+        if url := env.get("DATABASE_URL"):
+            kwargs["database_url"] = url
+        if lang := env.get("CDS_DEFAULT_LANGUAGE"):
+            kwargs["default_language"] = lang.strip().lower()
+        if size := env.get("CDS_MAX_BODY_BYTES"):
+            try:
+                kwargs["max_body_bytes"] = int(size)
+            except ValueError:
+                raise SettingsError(
+                    f"CDS_MAX_BODY_BYTES must be an integer, not {size!r}"
+                ) from None
+        if origins := env.get("CDS_CORS_ORIGINS"):
+            kwargs["cors_origins"] = tuple(o.strip() for o in origins.split(",") if o.strip())
+        if cards := env.get("CDS_CARDS_DIR"):
+            kwargs["cards_dir"] = Path(cards)
+        if level := env.get("LOG_LEVEL"):
+            kwargs["log_level"] = level.strip().upper()
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+    def now(self) -> datetime:
+        """The current time, timezone-aware, from the injected clock."""
+        return self.clock()
