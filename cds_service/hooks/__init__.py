@@ -1,0 +1,1 @@
+"""The CDS Hooks protocol: service definitions, schemas, HTTP routes."""
