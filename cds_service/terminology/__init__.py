@@ -1,0 +1,217 @@
+"""Terminology: value sets as data files, and the questions rules ask of them.
+
+A value set file (``valuesets/<id>.yaml``) lists codes, each with the display it was verified
+with and where it was verified, plus optional free-text phrases (French and English) used only
+when a resource carries no recognised code. Rules and the record builder never hold raw codes:
+they ask "which value sets does this CodeableConcept belong to?".
+
+Code systems are matched by their canonical FHIR URI. ICD-10 codes are compared without the dot
+and upper-cased (``M34.1`` == ``M341``); an entry marked ``descendants: true`` also matches every
+code below it in the ICD hierarchy (``M34`` matches ``M34.81``).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+VALUESET_DIR = Path(__file__).resolve().parent / "valuesets"
+
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ATC = "http://www.whocc.no/atc"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+UCUM = "http://unitsofmeasure.org"
+
+ICD_SYSTEMS = frozenset({ICD10CM, ICD10})
+SYSTEM_LABELS = {
+    SNOMED: "SNOMED CT",
+    LOINC: "LOINC",
+    RXNORM: "RxNorm",
+    ATC: "ATC",
+    ICD10CM: "ICD-10-CM",
+    ICD10: "ICD-10",
+}
+RESOURCE_TYPES = frozenset({"Condition", "Observation", "MedicationRequest", "ServiceRequest"})
+
+
+class TerminologyError(ValueError):
+    """A value set file is malformed (raised at start-up, never per request)."""
+
+
+def normalise_text(text: str) -> str:
+    """Lower-case, strip accents and punctuation, collapse spaces: "Hydroxyde d'Aluminium" ->
+    "hydroxyde d aluminium"."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    no_accents = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", no_accents.lower()).split())
+
+
+def normalise_code(system: str, code: str) -> str:
+    code = code.strip()
+    if system in ICD_SYSTEMS:
+        return code.replace(".", "").upper()
+    return code
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One verified code of a value set."""
+
+    system: str
+    code: str
+    display: str
+    source: str
+    descendants: bool = False
+
+
+@dataclass(frozen=True)
+class ValueSet:
+    id: str
+    title: Mapping[str, str]
+    applies_to: str
+    description: str
+    concepts: tuple[Concept, ...]
+    phrases: tuple[str, ...]
+
+    def first(self, system: str) -> Concept | None:
+        """The first concept of this value set in `system` (used to code suggested orders)."""
+        return next((c for c in self.concepts if c.system == system), None)
+
+
+@dataclass(frozen=True)
+class Match:
+    """How a CodeableConcept was recognised as a member of a value set."""
+
+    valueset: str
+    by: str  # "code" or "text"
+    system: str | None = None
+    code: str | None = None
+    display: str | None = None
+
+    @property
+    def label(self) -> str:
+        """ "RxNorm 612", "ICD-10-CM L94.2" or "text" (for card evidence)."""
+        if self.by == "code" and self.system and self.code:
+            return f"{SYSTEM_LABELS.get(self.system, self.system)} {self.code}"
+        return "text"
+
+
+def _load_valueset(path: Path) -> ValueSet:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise TerminologyError(f"{path.name}: not valid YAML: {exc}") from exc
+    where = path.name
+    for key in ("id", "title", "applies_to", "description"):
+        if key not in data:
+            raise TerminologyError(f"{where}: missing {key!r}")
+    if data["id"] != path.stem:
+        raise TerminologyError(f"{where}: id {data['id']!r} must equal the file name")
+    if data["applies_to"] not in RESOURCE_TYPES:
+        raise TerminologyError(f"{where}: applies_to must be one of {sorted(RESOURCE_TYPES)}")
+    concepts = []
+    for i, entry in enumerate(data.get("codes") or []):
+        for key in ("system", "code", "display", "source"):
+            if not entry.get(key):
+                raise TerminologyError(f"{where}: codes[{i}] has no {key!r}")
+        if entry["system"] not in SYSTEM_LABELS:
+            raise TerminologyError(f"{where}: codes[{i}] has an unknown system {entry['system']}")
+        concepts.append(
+            Concept(
+                system=entry["system"],
+                code=str(entry["code"]),
+                display=entry["display"],
+                source=entry["source"],
+                descendants=bool(entry.get("descendants", False)),
+            )
+        )
+    phrases = tuple(normalise_text(p) for p in data.get("text") or [])
+    if not concepts and not phrases:
+        raise TerminologyError(f"{where}: a value set needs codes or text phrases")
+    return ValueSet(
+        id=data["id"],
+        title=data["title"],
+        applies_to=data["applies_to"],
+        description=data["description"],
+        concepts=tuple(concepts),
+        phrases=phrases,
+    )
+
+
+class Terminology:
+    """All value sets, indexed once at start-up for constant-time lookups per coding."""
+
+    def __init__(self, valuesets: Iterable[ValueSet]) -> None:
+        self.valuesets: dict[str, ValueSet] = {}
+        self._exact: dict[tuple[str, str], list[str]] = {}
+        self._prefixes: dict[str, list[tuple[str, str]]] = {}
+        self._phrases: dict[str, list[tuple[str, str]]] = {}
+        for vs in valuesets:
+            if vs.id in self.valuesets:
+                raise TerminologyError(f"duplicate value set id {vs.id!r}")
+            self.valuesets[vs.id] = vs
+            for c in vs.concepts:
+                key = (c.system, normalise_code(c.system, c.code))
+                self._exact.setdefault(key, []).append(vs.id)
+                if c.descendants:
+                    self._prefixes.setdefault(c.system, []).append((key[1], vs.id))
+            for phrase in vs.phrases:
+                self._phrases.setdefault(vs.applies_to, []).append((f" {phrase} ", vs.id))
+
+    @classmethod
+    def load(cls, directory: Path = VALUESET_DIR) -> Terminology:
+        return cls(_load_valueset(p) for p in sorted(directory.glob("*.yaml")))
+
+    def __getitem__(self, valueset_id: str) -> ValueSet:
+        return self.valuesets[valueset_id]
+
+    def codes(self, valueset_id: str, system: str) -> list[str]:
+        """The codes of a value set in one system (used to build prefetch queries)."""
+        return [c.code for c in self.valuesets[valueset_id].concepts if c.system == system]
+
+    def match(self, concept: Mapping[str, Any] | None, applies_to: str) -> list[Match]:
+        """Value sets this CodeableConcept belongs to, recognised by code first, then by text.
+
+        Text is consulted only when no coding of the concept is recognised, and only against
+        value sets meant for `applies_to` (a Condition is never matched to a drug phrase).
+        """
+        if not isinstance(concept, Mapping):
+            return []
+        found: dict[str, Match] = {}
+        codings = concept.get("coding")
+        for coding in codings if isinstance(codings, list) else ():
+            if not isinstance(coding, Mapping):
+                continue
+            system, code = coding.get("system"), coding.get("code")
+            if not isinstance(system, str) or not isinstance(code, str):
+                continue
+            norm = normalise_code(system, code)
+            ids = list(self._exact.get((system, norm), ()))
+            ids += [vs for prefix, vs in self._prefixes.get(system, ()) if norm.startswith(prefix)]
+            for vs_id in ids:
+                if self.valuesets[vs_id].applies_to == applies_to and vs_id not in found:
+                    display = coding.get("display")
+                    found[vs_id] = Match(
+                        vs_id, "code", system, code, display if isinstance(display, str) else None
+                    )
+        if found:
+            return list(found.values())
+        texts = [concept.get("text")]
+        texts += [c.get("display") for c in codings or () if isinstance(c, Mapping)]
+        haystack = " ".join(normalise_text(t) for t in texts if isinstance(t, str))
+        if not haystack:
+            return []
+        haystack = f" {haystack} "
+        for phrase, vs_id in self._phrases.get(applies_to, ()):
+            if phrase in haystack and vs_id not in found:
+                found[vs_id] = Match(vs_id, "text")
+        return list(found.values())
