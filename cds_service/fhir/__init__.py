@@ -1,0 +1,1 @@
+"""FHIR R4: prefetch resolution, the patient record, units."""

@@ -1,0 +1,419 @@
+"""FHIR R4 resources -> a typed, normalised patient record.
+
+Only what the rules read is parsed. Every resource is first screened on its raw JSON (type,
+subject, code membership in a value set, status); the few that matter are then validated with
+the ``fhir.resources.R4B`` models, so a malformed resource the rules would rely on is reported
+to the caller with its JSON path instead of being silently misread. Full validation of every
+resource in a large prefetch would cost tens of milliseconds and is never done.
+
+Rules honoured here (issue 2):
+- Conditions count unless clinicalStatus is inactive / remission / resolved or
+  verificationStatus is refuted / entered-in-error.
+- Observations count unless status is entered-in-error / cancelled; the latest interpretable
+  value per concept is kept, in canonical units; a value in a unit that is not recognised is not
+  guessed and is reported as a note.
+- MedicationRequests count when status is active or on-hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.observation import Observation
+from fhir.resources.R4B.patient import Patient
+from pydantic import ValidationError
+
+from cds_service.errors import InputError
+from cds_service.fhir import units
+from cds_service.knowledge import renal
+from cds_service.terminology import Match, Terminology
+
+INACTIVE_CLINICAL = frozenset({"inactive", "remission", "resolved"})
+EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+EXCLUDED_OBSERVATION = frozenset({"entered-in-error", "cancelled"})
+ACTIVE_MEDICATION = frozenset({"active", "on-hold"})
+
+MODELS = {
+    "Patient": Patient,
+    "Condition": Condition,
+    "Observation": Observation,
+    "MedicationRequest": MedicationRequest,
+}
+
+
+@dataclass(frozen=True)
+class Located:
+    """A raw resource and the JSON path it came from (for error messages)."""
+
+    path: str
+    resource: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PatientInfo:
+    id: str
+    birth_date: date | None = None
+    sex: str | None = None  # FHIR administrative gender
+
+    def age_on(self, day: date) -> int | None:
+        if self.birth_date is None:
+            return None
+        b = self.birth_date
+        return day.year - b.year - ((day.month, day.day) < (b.month, b.day))
+
+
+@dataclass(frozen=True)
+class ConditionFact:
+    ref: str
+    valuesets: frozenset[str]
+    match: Match
+    display: str
+    clinical_status: str
+    verification_status: str | None
+    since: date | None
+
+
+@dataclass(frozen=True)
+class LabResult:
+    concept: str  # value set id: "egfr", "creatinine"
+    value: float  # in the canonical unit of the concept
+    unit: str  # canonical unit label
+    measured_value: float
+    measured_unit: str
+    when: datetime
+    ref: str
+    code: str | None  # the LOINC code it was recognised by
+
+
+@dataclass(frozen=True)
+class MedicationFact:
+    ref: str
+    id: str | None
+    valuesets: frozenset[str]
+    match: Match
+    display: str
+    status: str
+    authored: date | None
+    resource: Mapping[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class DataNote:
+    """Data that was present but could not be interpreted (shown on cards, never guessed)."""
+
+    kind: str  # "unit-not-recognised"
+    concept: str
+    ref: str
+    detail: str
+    when: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    patient: PatientInfo
+    now: datetime
+    conditions: tuple[ConditionFact, ...]
+    labs: Mapping[str, LabResult]
+    medications: tuple[MedicationFact, ...]
+    notes: tuple[DataNote, ...]
+    renal: renal.RenalStatus
+
+    def conditions_in(self, valueset: str) -> list[ConditionFact]:
+        return [c for c in self.conditions if valueset in c.valuesets]
+
+    def has_condition(self, valueset: str) -> bool:
+        return any(valueset in c.valuesets for c in self.conditions)
+
+    def medications_in(self, valueset: str) -> list[MedicationFact]:
+        return [m for m in self.medications if valueset in m.valuesets]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """A FHIR date / dateTime / instant as an aware UTC datetime (partial dates -> their start)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        if len(value) == 4:
+            return datetime(int(value), 1, 1, tzinfo=UTC)
+        if len(value) == 7:
+            return datetime(int(value[:4]), int(value[5:7]), 1, tzinfo=UTC)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _status_code(concept: Any) -> str | None:
+    """The code of a status CodeableConcept (clinicalStatus, verificationStatus)."""
+    if not isinstance(concept, Mapping):
+        return None
+    for coding in concept.get("coding") or ():
+        if isinstance(coding, Mapping) and isinstance(coding.get("code"), str):
+            return coding["code"]
+    return None
+
+
+def _display(concept: Mapping[str, Any] | None, match: Match) -> str:
+    if match.display:
+        return match.display
+    if isinstance(concept, Mapping):
+        if isinstance(concept.get("text"), str):
+            return concept["text"]
+        for coding in concept.get("coding") or ():
+            if isinstance(coding, Mapping) and isinstance(coding.get("display"), str):
+                return coding["display"]
+    return match.label
+
+
+def _ref(resource: Mapping[str, Any]) -> str:
+    rid = resource.get("id")
+    return f"{resource.get('resourceType')}/{rid}" if isinstance(rid, str) else "(no id)"
+
+
+def _validate(item: Located) -> None:
+    """Validate one raw resource with its R4B model; raise InputError naming the field."""
+    model = MODELS[item.resource["resourceType"]]
+    try:
+        model.model_validate(item.resource)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+        raise InputError(
+            f"invalid FHIR R4 {item.resource['resourceType']}: {err['msg']}",
+            path=f"{item.path}{loc}",
+        ) from None
+
+
+def _check_subject(item: Located, patient_id: str) -> None:
+    for key in ("subject", "patient"):
+        ref = item.resource.get(key)
+        if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str):
+            reference = ref["reference"]
+            if not reference.endswith(f"Patient/{patient_id}"):
+                raise InputError(
+                    "resource belongs to another patient than context.patientId",
+                    path=f"{item.path}.{key}.reference",
+                )
+
+
+# --------------------------------------------------------------------------- builder
+
+
+def build_record(
+    resources: Iterable[Located], patient_id: str, terminology: Terminology, now: datetime
+) -> PatientRecord:
+    """Screen, validate and normalise the resources of one patient."""
+    patient = PatientInfo(id=patient_id)
+    conditions: list[ConditionFact] = []
+    latest: dict[str, tuple[datetime, Located, Match]] = {}
+    medications: list[MedicationFact] = []
+    notes: list[DataNote] = []
+    medication_index: dict[str, Mapping[str, Any]] = {}
+    med_requests: list[Located] = []
+
+    for item in resources:
+        res = item.resource
+        kind = res.get("resourceType")
+        if kind == "Patient":
+            patient = _patient(item, patient_id)
+        elif kind == "Medication" and isinstance(res.get("id"), str):
+            medication_index[f"Medication/{res['id']}"] = res
+        elif kind == "Condition":
+            _check_subject(item, patient_id)
+            fact = _condition(item, terminology)
+            if fact is not None:
+                conditions.append(fact)
+        elif kind == "Observation":
+            _check_subject(item, patient_id)
+            _screen_observation(item, terminology, latest)
+        elif kind == "MedicationRequest":
+            _check_subject(item, patient_id)
+            med_requests.append(item)
+
+    for item in med_requests:
+        fact = _medication(item, terminology, medication_index)
+        if fact is not None:
+            medications.append(fact)
+
+    labs: dict[str, LabResult] = {}
+    for concept, candidates in _lab_candidates(latest):
+        for when, item, match in candidates:
+            result = _lab_result(concept, when, item, match, notes)
+            if result is not None:
+                labs[concept] = result
+                break
+
+    status = renal.assess(patient, labs.get("egfr"), labs.get("creatinine"), conditions, now)
+    return PatientRecord(
+        patient=patient,
+        now=now,
+        conditions=tuple(conditions),
+        labs=labs,
+        medications=tuple(medications),
+        notes=tuple(notes),
+        renal=status,
+    )
+
+
+def _patient(item: Located, patient_id: str) -> PatientInfo:
+    res = item.resource
+    if isinstance(res.get("id"), str) and res["id"] != patient_id:
+        raise InputError("Patient.id does not match context.patientId", path=f"{item.path}.id")
+    _validate(item)
+    birth = parse_datetime(res.get("birthDate"))
+    gender = res.get("gender")
+    return PatientInfo(
+        id=patient_id,
+        birth_date=birth.date() if birth and len(res["birthDate"]) >= 10 else None,
+        sex=gender if isinstance(gender, str) else None,
+    )
+
+
+def _condition(item: Located, terminology: Terminology) -> ConditionFact | None:
+    res = item.resource
+    matches = terminology.match(res.get("code"), "Condition")
+    if not matches:
+        return None
+    clinical = _status_code(res.get("clinicalStatus")) or "active"
+    verification = _status_code(res.get("verificationStatus"))
+    if clinical in INACTIVE_CLINICAL or verification in EXCLUDED_VERIFICATION:
+        return None
+    _validate(item)
+    since = parse_datetime(res.get("onsetDateTime")) or parse_datetime(res.get("recordedDate"))
+    return ConditionFact(
+        ref=_ref(res),
+        valuesets=frozenset(m.valueset for m in matches),
+        match=matches[0],
+        display=_display(res.get("code"), matches[0]),
+        clinical_status=clinical,
+        verification_status=verification,
+        since=since.date() if since else None,
+    )
+
+
+def _observation_time(res: Mapping[str, Any]) -> datetime | None:
+    period = res.get("effectivePeriod")
+    return (
+        parse_datetime(res.get("effectiveDateTime"))
+        or parse_datetime(res.get("effectiveInstant"))
+        or (parse_datetime(period.get("start")) if isinstance(period, Mapping) else None)
+        or parse_datetime(res.get("issued"))
+    )
+
+
+def _screen_observation(
+    item: Located,
+    terminology: Terminology,
+    latest: dict[str, Any],
+) -> None:
+    """Keep every counting observation of a concept the rules read, for `_lab_candidates`."""
+    res = item.resource
+    if res.get("status") in EXCLUDED_OBSERVATION:
+        return
+    for match in terminology.match(res.get("code"), "Observation"):
+        if match.by != "code":
+            continue
+        when = _observation_time(res)
+        if when is None:
+            continue
+        latest.setdefault(match.valueset, []).append((when, item, match))
+
+
+def _lab_candidates(latest: Mapping[str, list[Any]]) -> Iterable[tuple[str, list[Any]]]:
+    """Per concept, observations newest first (stable on ties: first in the prefetch wins)."""
+    for concept, items in latest.items():
+        yield concept, sorted(items, key=lambda t: t[0], reverse=True)
+
+
+def _lab_result(
+    concept: str, when: datetime, item: Located, match: Match, notes: list[DataNote]
+) -> LabResult | None:
+    res = item.resource
+    quantity = res.get("valueQuantity")
+    if not isinstance(quantity, Mapping) or quantity.get("value") is None:
+        return None
+    _validate(item)
+    value = float(quantity["value"])
+    spellings = [u for u in (quantity.get("code"), quantity.get("unit")) if isinstance(u, str)]
+    canonical = units.to_canonical(concept, value, spellings)
+    if canonical is None:
+        notes.append(
+            DataNote(
+                kind="unit-not-recognised",
+                concept=concept,
+                ref=_ref(res),
+                detail=spellings[0] if spellings else "(no unit)",
+                when=when,
+            )
+        )
+        return None
+    return LabResult(
+        concept=concept,
+        value=canonical,
+        unit=units.canonical_label(concept),
+        measured_value=value,
+        measured_unit=spellings[-1] if spellings else "",
+        when=when,
+        ref=_ref(res),
+        code=match.code,
+    )
+
+
+def _medication(
+    item: Located, terminology: Terminology, medication_index: Mapping[str, Mapping[str, Any]]
+) -> MedicationFact | None:
+    res = item.resource
+    status = res.get("status")
+    if status not in ACTIVE_MEDICATION:
+        return None
+    concept = res.get("medicationCodeableConcept")
+    reference = res.get("medicationReference")
+    if concept is None and isinstance(reference, Mapping):
+        concept = _referenced_medication_code(res, reference, medication_index)
+    matches = terminology.match(concept, "MedicationRequest")
+    if not matches:
+        return None
+    _validate(item)
+    authored = parse_datetime(res.get("authoredOn"))
+    rid = res.get("id")
+    return MedicationFact(
+        ref=_ref(res),
+        id=rid if isinstance(rid, str) else None,
+        valuesets=frozenset(m.valueset for m in matches),
+        match=matches[0],
+        display=_display(concept, matches[0]),
+        status=status,
+        authored=authored.date() if authored else None,
+        resource=res,
+    )
+
+
+def _referenced_medication_code(
+    request: Mapping[str, Any],
+    reference: Mapping[str, Any],
+    medication_index: Mapping[str, Mapping[str, Any]],
+) -> Mapping[str, Any] | None:
+    """The code of a Medication referenced by a MedicationRequest (contained or prefetched);
+    falls back on the reference's display text."""
+    ref = reference.get("reference")
+    medication: Mapping[str, Any] | None = None
+    if isinstance(ref, str) and ref.startswith("#"):
+        for contained in request.get("contained") or ():
+            if isinstance(contained, Mapping) and contained.get("id") == ref[1:]:
+                medication = contained
+    elif isinstance(ref, str):
+        medication = (
+            medication_index.get(ref[ref.find("Medication/") :]) if "Medication/" in ref else None
+        )
+    if medication is not None and isinstance(medication.get("code"), Mapping):
+        return medication["code"]
+    display = reference.get("display")
+    return {"text": display} if isinstance(display, str) else None

@@ -1,0 +1,1 @@
+"""Clinical knowledge that is not a rule: thresholds (as data) and derived clinical facts."""
