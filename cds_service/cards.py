@@ -1,0 +1,390 @@
+"""Findings + card content (``cards/*.yaml``, French and English) -> CDS Hooks cards.
+
+Card text never lives in Python: this module only loads the content files, fills their
+placeholders from the record facts a finding names, lists the evidence, and builds the FHIR
+resources of suggestions. Text that comes from the EHR (displays, free-text orders) is escaped
+before it enters Markdown, so a record cannot inject markup into a card.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cds_service.fhir.record import ConditionFact, DataNote, LabResult, MedicationFact
+from cds_service.knowledge.renal import RenalStatus
+from cds_service.rules.base import Finding
+from cds_service.settings import SUPPORTED_LANGUAGES
+from cds_service.terminology import LOINC, Terminology
+
+INDICATORS = ("critical", "warning", "info")  # most urgent first
+ACTION_KINDS = ("stop-medication", "order-lab")
+RULE_SYSTEM = "urn:calcinosis-cds:rule"
+OVERRIDE_SYSTEM = "urn:calcinosis-cds:override-reason"
+SUMMARY_MAX = 139  # the spec: "<140-character summary"
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~&])")
+
+
+class CardContentError(ValueError):
+    """A card content file is incomplete or inconsistent (raised at start-up)."""
+
+
+def md_escape(text: str) -> str:
+    """Escape EHR-provided text for GitHub-flavoured Markdown (no links, HTML or emphasis)."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
+def _text(node: Any, lang: str, where: str) -> str:
+    if not isinstance(node, Mapping) or not all(isinstance(node.get(x), str) for x in ("en", "fr")):
+        raise CardContentError(f"{where}: needs text in both 'en' and 'fr'")
+    return node[lang]
+
+
+@dataclass(frozen=True)
+class CardContent:
+    rule: str
+    data: Mapping[str, Any]
+
+    def variant(self, name: str) -> Mapping[str, Any]:
+        return self.data["variants"][name]
+
+
+class CardLibrary:
+    """Every card content file, loaded and checked once."""
+
+    def __init__(self, cards_dir: Path, terminology: Terminology) -> None:
+        self.terminology = terminology
+        common_file = cards_dir / "_common.yaml"
+        self.common: Mapping[str, Any] = yaml.safe_load(common_file.read_text(encoding="utf-8"))
+        self.version: str = str(self.common["knowledge_version"])
+        self.cards: dict[str, CardContent] = {}
+        for path in sorted(cards_dir.glob("[!_]*.yaml")):
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if not isinstance(data, Mapping) or data.get("rule") != path.stem:
+                raise CardContentError(f"{path.name}: 'rule' must equal the file name")
+            self._check(path.name, data)
+            self.cards[path.stem] = CardContent(path.stem, data)
+
+    def _check(self, where: str, data: Mapping[str, Any]) -> None:
+        for lang in SUPPORTED_LANGUAGES:
+            _text(data.get("title"), lang, f"{where}: title")
+            _text(data.get("source", {}).get("label"), lang, f"{where}: source.label")
+            _text(data.get("evidence_level"), lang, f"{where}: evidence_level")
+            for i, ref in enumerate(data.get("references") or ()):
+                _text(ref, lang, f"{where}: references[{i}]")
+            for i, reason in enumerate(data.get("override_reasons") or ()):
+                _text(reason.get("display"), lang, f"{where}: override_reasons[{i}]")
+            for i, link in enumerate(data.get("links") or ()):
+                _text(link.get("label"), lang, f"{where}: links[{i}].label")
+            for key, sug in (data.get("suggestions") or {}).items():
+                _text(sug.get("label"), lang, f"{where}: suggestions.{key}.label")
+                if sug.get("action") not in ACTION_KINDS:
+                    raise CardContentError(f"{where}: suggestions.{key}: unknown action")
+                if sug["action"] == "order-lab" and sug.get("valueset") not in (
+                    self.terminology.valuesets
+                ):
+                    raise CardContentError(f"{where}: suggestions.{key}: unknown value set")
+            for name, variant in (data.get("variants") or {}).items():
+                at = f"{where}: variants.{name}"
+                if variant.get("indicator") not in INDICATORS:
+                    raise CardContentError(f"{at}: indicator must be one of {INDICATORS}")
+                _text(variant.get("summary"), lang, f"{at}.summary")
+                _text(variant.get("detail"), lang, f"{at}.detail")
+                for key in variant.get("suggestions") or ():
+                    if key not in (data.get("suggestions") or {}):
+                        raise CardContentError(f"{at}: unknown suggestion {key!r}")
+        if not data.get("variants"):
+            raise CardContentError(f"{where}: no variants")
+
+
+class Renderer:
+    """Renders findings as CDS Hooks cards in one language."""
+
+    def __init__(self, library: CardLibrary) -> None:
+        self.library = library
+        self.common = library.common
+
+    # ------------------------------------------------------------------ public
+
+    def render(self, finding: Finding, lang: str, patient_id: str) -> dict[str, Any]:
+        content = self.library.cards[finding.rule]
+        variant = content.variant(finding.variant)
+        fmt = _Formatter(self.library, lang)
+        values = fmt.values(finding.facts)
+        summary = " ".join(variant["summary"][lang].format_map(values).split())
+        if len(summary) > SUMMARY_MAX:
+            summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
+        card: dict[str, Any] = {
+            "uuid": str(uuid.uuid4()),
+            "summary": summary,
+            "indicator": variant["indicator"],
+            "detail": self._detail(content, variant, finding, fmt, values),
+            "source": {
+                "label": content.data["source"]["label"][lang],
+                "url": content.data["source"]["url"],
+                "topic": {
+                    "system": RULE_SYSTEM,
+                    "code": finding.rule,
+                    "display": f"{content.data['title'][lang]} ({self.library.version})",
+                },
+            },
+        }
+        suggestions = [
+            s
+            for key in variant.get("suggestions") or ()
+            if (s := self._suggestion(content, key, variant, finding, lang, patient_id))
+        ]
+        if suggestions:
+            card["suggestions"] = suggestions
+            card["selectionBehavior"] = "any"
+        if reasons := content.data.get("override_reasons"):
+            card["overrideReasons"] = [
+                {"system": OVERRIDE_SYSTEM, "code": r["code"], "display": r["display"][lang]}
+                for r in reasons
+            ]
+        if links := content.data.get("links"):
+            card["links"] = [
+                {"label": link["label"][lang], "url": link["url"], "type": "absolute"}
+                for link in links
+            ]
+        return card
+
+    # ------------------------------------------------------------------ parts
+
+    def _detail(
+        self,
+        content: CardContent,
+        variant: Mapping[str, Any],
+        finding: Finding,
+        fmt: _Formatter,
+        values: Mapping[str, str],
+    ) -> str:
+        lang = fmt.lang
+        heads = self.common["headings"]
+        parts = [variant["detail"][lang].format_map(values).strip()]
+        lines = [f"- {fmt.evidence(item)}" for item in finding.evidence]
+        lines = [line for line in lines if line != "- "]
+        if lines:
+            parts.append(f"**{heads['evidence'][lang]}**\n\n" + "\n".join(lines))
+        parts.append(f"**{heads['evidence_level'][lang]}**: {content.data['evidence_level'][lang]}")
+        if refs := content.data.get("references"):
+            items = "\n".join(f"- {r[lang]}" for r in refs)
+            parts.append(f"**{heads['references'][lang]}**\n\n{items}")
+        footer = heads["footer"][lang].format(rule=finding.rule, version=self.library.version)
+        parts.append(f"_{footer}_")
+        return "\n\n".join(parts)
+
+    def _suggestion(
+        self,
+        content: CardContent,
+        key: str,
+        variant: Mapping[str, Any],
+        finding: Finding,
+        lang: str,
+        patient_id: str,
+    ) -> dict[str, Any] | None:
+        spec = content.data["suggestions"][key]
+        label = spec["label"][lang]
+        if spec["action"] == "stop-medication":
+            drug = finding.facts.get("drug")
+            if not isinstance(drug, MedicationFact) or drug.id is None:
+                return None  # nothing to update without a resource id
+            resource = copy.deepcopy(dict(drug.resource))
+            resource["status"] = "stopped"
+            resource["statusReason"] = {"text": spec["reason"][lang]}
+            action = {"type": "update", "description": label, "resource": resource}
+        else:  # order-lab
+            valueset = self.library.terminology[spec["valueset"]]
+            concept = valueset.first(LOINC)
+            assert concept is not None, f"{valueset.id} has no LOINC code"
+            resource = {
+                "resourceType": "ServiceRequest",
+                "status": "draft",
+                "intent": "order",
+                "subject": {"reference": f"Patient/{patient_id}"},
+                "code": {
+                    "coding": [
+                        {"system": concept.system, "code": concept.code, "display": concept.display}
+                    ],
+                    "text": valueset.title[lang],
+                },
+            }
+            action = {"type": "create", "description": label, "resource": resource}
+        suggestion: dict[str, Any] = {
+            "label": label,
+            "uuid": str(uuid.uuid4()),
+            "actions": [action],
+        }
+        if variant.get("recommended") == key:
+            suggestion["isRecommended"] = True
+        return suggestion
+
+
+class _Formatter:
+    """Locale-aware formatting of record facts for one card."""
+
+    def __init__(self, library: CardLibrary, lang: str) -> None:
+        self.library = library
+        self.common = library.common
+        self.lang = lang
+
+    def t(self, *path: str) -> str:
+        node: Any = self.common
+        for key in path:
+            node = node[key]
+        return node[self.lang]
+
+    def number(self, value: float, decimals: int) -> str:
+        text = f"{value:.{decimals}f}"
+        return text.replace(".", ",") if self.lang == "fr" else text
+
+    def date(self, value: date | datetime | None) -> str:
+        if value is None:
+            return "?"
+        day = value.date() if isinstance(value, datetime) else value
+        return day.strftime("%d/%m/%Y") if self.lang == "fr" else day.isoformat()
+
+    def concept(self, valueset: str) -> str:
+        return self.library.terminology[valueset].title[self.lang]
+
+    def how(self, fact: ConditionFact | MedicationFact) -> str:
+        return fact.match.label if fact.match.by == "code" else self.t("recognised_by_text")
+
+    # ---------------------------------------------------------------- values
+
+    def values(self, facts: Mapping[str, Any]) -> dict[str, str]:
+        values: dict[str, str] = {}
+        drug = facts.get("drug")
+        if isinstance(drug, MedicationFact):
+            title = self.concept(next(iter(sorted(drug.valuesets))))
+            values["drug"] = f"{title} (“{md_escape(drug.display)}”)"
+        renal = facts.get("renal")
+        if isinstance(renal, RenalStatus):
+            values["renal_short"] = self.renal_short(renal)
+            values["renal_long"] = self.renal_long(renal)
+        return values
+
+    def egfr(self, renal: RenalStatus) -> str:
+        return self.number(renal.egfr or 0.0, 0)
+
+    def renal_short(self, renal: RenalStatus) -> str:
+        if renal.source == "coded":
+            if renal.dialysis:
+                return self.t("renal", "short_dialysis")
+            if renal.category is None:
+                return self.t("renal", "short_coded_unstaged")
+            return self.t("renal", "short_coded").format(category=f"CKD {renal.category}")
+        if renal.source in ("measured", "computed"):
+            if renal.stale:
+                return self.t("renal", "short_stale").format(
+                    egfr=self.egfr(renal), date=self.date(renal.date)
+                )
+            return self.t("renal", "short_lab").format(
+                egfr=self.egfr(renal), category=renal.category
+            )
+        return self.t("renal", "short_unknown")
+
+    def renal_long(self, renal: RenalStatus) -> str:
+        if renal.source == "coded":
+            assert renal.condition is not None
+            since = (
+                self.t("evidence", "since").format(date=self.date(renal.date)) if renal.date else ""
+            )
+            key = "dialysis" if renal.dialysis else "coded"
+            return self.t("renal", key).format(
+                display=md_escape(renal.condition.display), since=since
+            )
+        if renal.source == "measured":
+            assert renal.lab is not None
+            text = self.t("renal", "measured").format(
+                egfr=self.egfr(renal),
+                date=self.date(renal.date),
+                category=renal.category,
+                code=renal.lab.code,
+            )
+        elif renal.source == "computed":
+            assert renal.lab is not None
+            sex = self.t("sex", renal.sex) if renal.sex else "?"
+            text = self.t("renal", "computed").format(
+                egfr=self.egfr(renal),
+                date=self.date(renal.date),
+                category=renal.category,
+                creatinine=self.number(renal.lab.value, 2),
+                age=renal.age_at_test,
+                sex=sex,
+            )
+        elif renal.reason and "creatinine" in renal.reason:
+            return self.t("renal", "not_computable")
+        else:
+            return self.t("renal", "unknown")
+        return self.t("renal", "stale").format(lab=text) if renal.stale else text
+
+    # ---------------------------------------------------------------- evidence
+
+    def evidence(self, item: Any) -> str:
+        if isinstance(item, ConditionFact):
+            status = item.verification_status
+            if status not in self.common["condition_status"]:
+                status = item.clinical_status
+            label = self.common["condition_status"].get(status, {}).get(self.lang, status)
+            since = (
+                self.t("evidence", "since").format(date=self.date(item.since)) if item.since else ""
+            )
+            return self.t("evidence", "condition").format(
+                display=md_escape(item.display),
+                status=label,
+                since=since,
+                how=self.how(item),
+                ref=item.ref,
+            )
+        if isinstance(item, LabResult):
+            decimals = 0 if item.concept == "egfr" else 2
+            measured = ""
+            if item.measured_unit and item.measured_value != item.value:
+                measured = self.t("evidence", "lab_measured_as").format(
+                    value=self.number(
+                        item.measured_value, 0 if item.measured_value.is_integer() else 2
+                    ),
+                    unit=md_escape(item.measured_unit),
+                )
+            return self.t("evidence", "lab").format(
+                concept=self.concept(item.concept),
+                value=self.number(item.value, decimals),
+                unit=item.unit,
+                date=self.date(item.when),
+                measured=measured,
+                code=item.code,
+                ref=item.ref,
+            )
+        if isinstance(item, MedicationFact):
+            authored = (
+                self.t("evidence", "authored").format(date=self.date(item.authored))
+                if item.authored
+                else ""
+            )
+            return self.t("evidence", "medication").format(
+                drug=self.concept(next(iter(sorted(item.valuesets)))),
+                recorded=md_escape(item.display),
+                status=self.common["medication_status"][item.status][self.lang],
+                authored=authored,
+                how=self.how(item),
+                ref=item.ref,
+            )
+        if isinstance(item, RenalStatus):
+            return self.t("evidence", "renal").format(renal_long=self.renal_long(item))
+        if isinstance(item, DataNote):
+            return self.t("evidence", "note_unit").format(
+                concept=self.concept(item.concept),
+                date=self.date(item.when),
+                unit=md_escape(item.detail),
+                ref=item.ref,
+            )
+        return ""
