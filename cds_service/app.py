@@ -1,0 +1,30 @@
+"""Application factory: wires settings, the engine (knowledge + store) and the HTTP layer."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from cds_service.engine import CdsEngine
+from cds_service.hooks.http import bp, register_error_handlers
+from cds_service.settings import Settings
+from cds_service.store import Store
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask app; with no settings, read them from the environment."""
+    settings = settings or Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    store = Store.from_url(settings.database_url)
+    store.create_schema()
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # keep cards in the order the spec documents them
+    app.extensions["cds_engine"] = CdsEngine(settings, store)
+    app.register_blueprint(bp)
+    register_error_handlers(app)
+    return app

@@ -1,0 +1,109 @@
+"""The decision pipeline of one CDS Hooks call, independent of the web framework.
+
+request -> schema validation -> prefetch -> patient record -> rules -> cards -> issued-card log.
+
+Knowledge (value sets, card content, service definitions, schemas) is loaded once when the
+engine is built; nothing per request depends on the size of the knowledge base.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cds_service import rules
+from cds_service.cards import INDICATORS, CardLibrary, Renderer
+from cds_service.errors import InputError, NotFound
+from cds_service.fhir import prefetch
+from cds_service.fhir.record import build_record
+from cds_service.hooks.services import ServiceDefinition, load_services
+from cds_service.hooks.validation import first_violation
+from cds_service.settings import Settings
+from cds_service.store import IssuedCard, Store
+from cds_service.terminology import Terminology
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The response body, and what was issued (for logs and metrics)."""
+
+    body: dict[str, Any]
+    issued: tuple[IssuedCard, ...]
+
+
+class CdsEngine:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.terminology = Terminology.load()
+        self.library = CardLibrary(settings.cards_dir, self.terminology)
+        self.renderer = Renderer(self.library)
+        self.services: dict[str, ServiceDefinition] = load_services(self.terminology)
+        missing = {r for s in self.services.values() for r in s.rules} - set(self.library.cards)
+        if missing:
+            raise ValueError(f"no card content for rules {sorted(missing)} in cards/")
+
+    @property
+    def knowledge_version(self) -> str:
+        return self.library.version
+
+    def discovery(self) -> dict[str, Any]:
+        return {"services": [s.discovery() for s in self.services.values()]}
+
+    def service(self, service_id: str) -> ServiceDefinition:
+        service = self.services.get(service_id)
+        if service is None:
+            raise NotFound(f"no CDS service with id {service_id!r}", path="id")
+        return service
+
+    def evaluate(self, service_id: str, body: Mapping[str, Any], lang: str) -> Evaluation:
+        """Run one hook call; raise InputError (with its status) on bad input."""
+        service = self.service(service_id)
+        _check("request", body)
+        if body["hook"] != service.hook:
+            raise InputError(
+                f"service {service.id} answers the {service.hook!r} hook, not {body['hook']!r}",
+                path="hook",
+            )
+        _check(f"context-{service.hook}", body["context"], at="context")
+        patient_id: str = body["context"]["patientId"]
+
+        found = prefetch.resolve(list(service.prefetch), body.get("prefetch"))
+        now = self.settings.now()
+        record = build_record(found.resources, patient_id, self.terminology, now)
+        findings = rules.run(service.rules, record)
+
+        cards = [self.renderer.render(f, lang, patient_id) for f in findings]
+        order = sorted(range(len(cards)), key=lambda i: INDICATORS.index(cards[i]["indicator"]))
+        issued = tuple(
+            IssuedCard(
+                uuid=cards[i]["uuid"],
+                service_id=service.id,
+                rule_id=findings[i].rule,
+                variant=findings[i].variant,
+                indicator=cards[i]["indicator"],
+                knowledge_version=self.knowledge_version,
+                hook_instance=body["hookInstance"],
+                issued_at=now,
+            )
+            for i in order
+        )
+        self._record(issued)
+        return Evaluation({"cards": [cards[i] for i in order]}, issued)
+
+    def _record(self, issued: tuple[IssuedCard, ...]) -> None:
+        """Keep the issued-card log; a store failure must not withhold cards from a clinician."""
+        try:
+            self.store.record_issued(issued)
+        except Exception as exc:  # noqa: BLE001
+            log.error("could not record %d issued card(s): %s", len(issued), type(exc).__name__)
+
+
+def _check(schema: str, instance: Any, at: str = "") -> None:
+    violation = first_violation(schema, instance, at=at)
+    if violation is not None:
+        raise InputError(violation.message, path=violation.path)

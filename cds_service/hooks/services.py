@@ -1,0 +1,75 @@
+"""Service definitions: one entry per CDS service, read from ``services.yaml``.
+
+Discovery returns exactly these definitions (spec fields only); invocation looks the service up
+here to know its hook, its prefetch keys and the rules it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cds_service.rules import RULES
+from cds_service.terminology import LOINC, Terminology
+
+SERVICES_FILE = Path(__file__).resolve().parent / "services.yaml"
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    id: str
+    hook: str
+    title: str
+    description: str
+    prefetch: Mapping[str, str]
+    rules: tuple[str, ...]
+    usage_requirements: str | None = None
+
+    def discovery(self) -> dict[str, Any]:
+        """This service as the discovery endpoint describes it."""
+        entry: dict[str, Any] = {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "prefetch": dict(self.prefetch),
+        }
+        if self.usage_requirements:
+            entry["usageRequirements"] = self.usage_requirements
+        return entry
+
+
+def _template(key: str, spec: Any, terminology: Terminology) -> str:
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, Mapping) and spec.get("resource") == "Observation":
+        codes = [
+            f"{LOINC}|{code}" for vs in spec["valuesets"] for code in terminology.codes(vs, LOINC)
+        ]
+        return f"Observation?patient={{{{context.patientId}}}}&code={','.join(codes)}"
+    raise ValueError(f"services.yaml: prefetch {key!r} must be a query or an Observation spec")
+
+
+def load_services(
+    terminology: Terminology, path: Path = SERVICES_FILE
+) -> dict[str, ServiceDefinition]:
+    """All service definitions, keyed by id (checked against the rule registry)."""
+    services: dict[str, ServiceDefinition] = {}
+    for raw in yaml.safe_load(path.read_text(encoding="utf-8")):
+        unknown = [r for r in raw["rules"] if r not in RULES]
+        if unknown:
+            raise ValueError(f"services.yaml: {raw['id']} names unknown rules {unknown}")
+        services[raw["id"]] = ServiceDefinition(
+            id=raw["id"],
+            hook=raw["hook"],
+            title=raw["title"],
+            description=raw["description"],
+            prefetch={k: _template(k, v, terminology) for k, v in raw["prefetch"].items()},
+            rules=tuple(raw["rules"]),
+            usage_requirements=raw.get("usageRequirements"),
+        )
+    return services
