@@ -1,0 +1,106 @@
+"""Shared test fixtures: app factory with pinned clock, fixture files, database URLs."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+
+from cds_service.app import create_app
+from cds_service.hooks.validation import violations
+from cds_service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures" / "patient-view"
+SERVICE_URL = "/cds-services/calcinosis-patient-view"
+
+def _fixtures_anchor() -> datetime:
+    """Noon UTC on the date the committed fixtures are anchored at (their `asOf`)."""
+    first = next(iter(sorted(FIXTURES.glob("*.expected.json"))))
+    as_of = date.fromisoformat(json.loads(first.read_text(encoding="utf-8"))["asOf"])
+    return datetime.combine(as_of, time(12, 0), tzinfo=UTC)
+
+
+# "Now" for every test: the fixtures' dates are relative to it.
+NOW = _fixtures_anchor()
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def fixture_names() -> list[str]:
+    return sorted(p.name.removesuffix(".request.json") for p in FIXTURES.glob("*.request.json"))
+
+
+def load_request(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / f"{name}.request.json").read_text(encoding="utf-8"))
+
+
+def load_expected(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / f"{name}.expected.json").read_text(encoding="utf-8"))
+
+
+def assert_valid_response(body: Any) -> None:
+    """Every response the service produces must pass the CDS Hooks response schema."""
+    problems = violations("response", body)
+    assert not problems, problems
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": f"sqlite:///{tmp_path / 'cds.sqlite3'}",
+        "clock": lambda: NOW,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    application = create_app(settings)
+    yield application
+    application.extensions["cds_engine"].store.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL with a private schema for this test session; skips when unreachable."""
+    base = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = create_engine(base, connect_args={"connect_timeout": 3})
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:  # noqa: BLE001 - any failure means "no PostgreSQL here"
+        pytest.skip(f"PostgreSQL not reachable at {base} ({type(exc).__name__}); set TEST_POSTGRES_URL")
+    sep = "&" if "?" in base else "?"
+    yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each persistence test runs against the embedded SQLite default and PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    return request.getfixturevalue("postgres_url")

@@ -1,0 +1,68 @@
+"""Every fixture patient through the HTTP API, in both languages, against its expected outcome."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from cds_service.rules import RULES
+from fixtures.build import main as build_fixtures
+from tests.conftest import (
+    SERVICE_URL,
+    assert_valid_response,
+    fixture_names,
+    load_expected,
+    load_request,
+)
+
+NAMES = fixture_names()
+
+
+def test_there_are_at_least_ten_fixture_patients() -> None:
+    assert len(NAMES) >= 10
+
+
+@pytest.mark.parametrize("lang", ["en", "fr"])
+@pytest.mark.parametrize("name", NAMES)
+def test_fixture_gives_expected_cards(
+    app: Flask, client: FlaskClient, name: str, lang: str
+) -> None:
+    expected = load_expected(name)
+    response = client.post(
+        SERVICE_URL, json=load_request(name), headers={"Accept-Language": lang}
+    )
+    assert response.status_code == 200, response.json
+    assert response.headers["Content-Language"] == lang
+    body = response.json
+    assert_valid_response(body)
+
+    got = [(c["source"]["topic"]["code"], c["indicator"]) for c in body["cards"]]
+    want = [(c["rule"], c["indicator"]) for c in expected["cards"]]
+    assert got == want
+
+    fired = {rule for rule, _ in got}
+    assert fired.isdisjoint(expected["silent"]), "a rule that must stay silent fired"
+
+    store = app.extensions["cds_engine"].store
+    variants = [store.issued(c["uuid"]).variant for c in body["cards"]]
+    assert variants == [c["variant"] for c in expected["cards"]]
+
+
+def test_every_rule_has_firing_and_silent_fixtures() -> None:
+    fires = {c["rule"] for n in NAMES for c in load_expected(n)["cards"]}
+    silent = {r for n in NAMES for r in load_expected(n)["silent"]}
+    assert set(RULES) <= fires
+    assert set(RULES) <= silent
+
+
+def test_expected_files_name_only_known_rules() -> None:
+    for name in NAMES:
+        expected = load_expected(name)
+        named = {c["rule"] for c in expected["cards"]} | set(expected["silent"])
+        assert named <= set(RULES), name
+
+
+def test_committed_fixtures_match_the_generator() -> None:
+    # `python -m fixtures.build --check` exits 1 when a committed file drifts from its spec.
+    assert build_fixtures(["--check"]) == 0
