@@ -8,9 +8,11 @@ engine is built; nothing per request depends on the size of the knowledge base.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from cds_service import rules
@@ -21,7 +23,7 @@ from cds_service.fhir.record import build_record
 from cds_service.hooks.services import ServiceDefinition, load_services
 from cds_service.hooks.validation import first_violation
 from cds_service.settings import Settings
-from cds_service.store import IssuedCard, Store
+from cds_service.store import FeedbackEntry, IssuedCard, Store
 from cds_service.terminology import Terminology
 
 log = logging.getLogger(__name__)
@@ -95,12 +97,53 @@ class CdsEngine:
         self._record(issued)
         return Evaluation({"cards": [cards[i] for i in order]}, issued)
 
+    def receive_feedback(self, service_id: str, body: Mapping[str, Any]) -> int:
+        """Validate and store a CDS Hooks feedback body; return how many entries were stored.
+
+        Every entry must name a card this service issued; nothing is stored unless all are valid.
+        """
+        service = self.service(service_id)
+        _check("feedback", body)
+        received = self.settings.now()
+        entries = []
+        for i, item in enumerate(body["feedback"]):
+            issued = self.store.issued(item["card"])
+            if issued is None or issued.service_id != service.id:
+                raise InputError(
+                    f"card {item['card']!r} was not issued by {service.id}",
+                    path=f"feedback[{i}].card",
+                )
+            reason = (item.get("overrideReason") or {}).get("reason") or {}
+            accepted = [s["id"] for s in item.get("acceptedSuggestions") or ()]
+            entries.append(
+                FeedbackEntry(
+                    card_uuid=issued.uuid,
+                    service_id=service.id,
+                    rule_id=issued.rule_id,
+                    knowledge_version=issued.knowledge_version,
+                    outcome=item["outcome"],
+                    accepted_suggestions=json.dumps(accepted) if accepted else None,
+                    override_system=reason.get("system"),
+                    override_code=reason.get("code"),
+                    override_display=reason.get("display"),
+                    outcome_at=_timestamp(item["outcomeTimestamp"]),
+                    received_at=received,
+                )
+            )
+        self.store.record_feedback(entries)
+        return len(entries)
+
     def _record(self, issued: tuple[IssuedCard, ...]) -> None:
         """Keep the issued-card log; a store failure must not withhold cards from a clinician."""
         try:
             self.store.record_issued(issued)
         except Exception as exc:  # noqa: BLE001
             log.error("could not record %d issued card(s): %s", len(issued), type(exc).__name__)
+
+
+def _timestamp(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _check(schema: str, instance: Any, at: str = "") -> None:

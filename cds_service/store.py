@@ -1,4 +1,5 @@
-"""Persisted state: the record of every card issued (uuid -> service, rule, knowledge version).
+"""Persisted state: every card issued (uuid -> service, rule, knowledge version) and the
+feedback clinicians give on them.
 
 SQLite file by default, PostgreSQL when ``DATABASE_URL`` says so (``postgresql+psycopg://``).
 The schema is created on start. No patient data is stored: a card is kept by its uuid, the
@@ -15,9 +16,11 @@ from pathlib import Path
 from sqlalchemy import (
     Column,
     DateTime,
+    Integer,
     MetaData,
     String,
     Table,
+    Text,
     create_engine,
     event,
     insert,
@@ -40,6 +43,42 @@ issued_cards = Table(
     Column("hook_instance", String(128), nullable=False),
     Column("issued_at", DateTime(timezone=True), nullable=False),
 )
+
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("card_uuid", String(36), nullable=False, index=True),
+    Column("service_id", String(128), nullable=False),
+    Column("rule_id", String(128), nullable=False, index=True),
+    Column("knowledge_version", String(32), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("accepted_suggestions", Text, nullable=True),  # JSON array of suggestion uuids
+    Column("override_system", String(256), nullable=True),
+    Column("override_code", String(128), nullable=True),
+    Column("override_display", String(512), nullable=True),
+    Column("outcome_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class FeedbackEntry:
+    """One clinician reaction to one card (the user's free-text comment is not kept: it may
+    contain patient details)."""
+
+    card_uuid: str
+    service_id: str
+    rule_id: str
+    knowledge_version: str
+    outcome: str
+    accepted_suggestions: str | None
+    override_system: str | None
+    override_code: str | None
+    override_display: str | None
+    outcome_at: datetime
+    received_at: datetime
 
 
 @dataclass(frozen=True)
@@ -108,6 +147,21 @@ class Store:
                 .first()
             )
         return IssuedCard(**row) if row else None
+
+    def record_feedback(self, entries: Iterable[FeedbackEntry]) -> None:
+        """Store feedback entries, all or none."""
+        rows = [entry.__dict__ for entry in entries]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(insert(feedback), rows)
+
+    def feedback_for(self, card_uuid: str) -> list[FeedbackEntry]:
+        columns = [c for c in feedback.c if c.name != "id"]
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(*columns).where(feedback.c.card_uuid == card_uuid).order_by(feedback.c.id)
+            ).mappings()
+            return [FeedbackEntry(**row) for row in rows]
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -126,6 +126,15 @@ def invoke(service_id: str) -> Response:
     return response
 
 
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    cds = engine()
+    cds.service(service_id)
+    stored = cds.receive_feedback(service_id, _json_body())
+    log.info("service=%s feedback entries=%d", service_id, stored)
+    return jsonify({"stored": stored})
+
+
 @bp.get("/healthz")
 def healthz() -> Response:
     cds = engine()
@@ -148,7 +157,9 @@ def cors(response: Response) -> Response:
     if origin and ("*" in allowed or origin in allowed):
         response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
         response.vary.add("Origin")
-        if request.method == "OPTIONS":
+        if request.method == "OPTIONS" and response.status_code == 200:
+            response.status_code = 204  # a preflight answer has no body
+            response.headers.pop("Content-Type", None)
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
             response.headers["Access-Control-Max-Age"] = "86400"
