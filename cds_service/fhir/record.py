@@ -323,6 +323,7 @@ def _screen_observation(
             continue
         when = _observation_time(res)
         if when is None:
+            _validate(item)  # a malformed date is reported; a missing one cannot be ordered
             continue
         latest.setdefault(match.valueset, []).append((when, item, match))
 

@@ -9,7 +9,9 @@ stages 3-5D (as tabulated by Ketteler, Int J Nephrol 2011). Thresholds: knowledg
 When: an active or on-hold aluminium hydroxide MedicationRequest, and
 - dialysis, CKD G4-G5, or eGFR below 30 mL/min/1.73 m2          -> variant "severe" (critical)
 - CKD G3 or unstaged renal insufficiency, or eGFR 30-59          -> variant "moderate" (warning)
-- last eGFR / creatinine older than 12 months (nothing coded)    -> variant "stale" (warning)
+- last eGFR / creatinine older than 12 months (nothing coded)    -> variant "stale" (warning),
+  unless that old eGFR was below 30: "severe" (a G4-G5 eGFR rarely recovers; the card shows
+  the result's date and says it is over 12 months old)
 - no renal information at all                                    -> variant "unknown" (warning)
 Silent when the eGFR is recent and 60 or more.
 One finding per aluminium hydroxide order.
