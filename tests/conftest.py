@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "patient-view"
 SERVICE_URL = "/cds-services/calcinosis-patient-view"
 
+
 def _fixtures_anchor() -> datetime:
     """Noon UTC on the date the committed fixtures are anchored at (their `asOf`)."""
     first = next(iter(sorted(FIXTURES.glob("*.expected.json"))))
@@ -90,7 +91,9 @@ def postgres_url() -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     except Exception as exc:  # noqa: BLE001 - any failure means "no PostgreSQL here"
-        pytest.skip(f"PostgreSQL not reachable at {base} ({type(exc).__name__}); set TEST_POSTGRES_URL")
+        pytest.skip(
+            f"PostgreSQL not reachable at {base} ({type(exc).__name__}); set TEST_POSTGRES_URL"
+        )
     sep = "&" if "?" in base else "?"
     yield f"{base}{sep}options=-csearch_path%3D{schema}"
     with admin.begin() as conn:

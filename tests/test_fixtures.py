@@ -29,9 +29,7 @@ def test_fixture_gives_expected_cards(
     app: Flask, client: FlaskClient, name: str, lang: str
 ) -> None:
     expected = load_expected(name)
-    response = client.post(
-        SERVICE_URL, json=load_request(name), headers={"Accept-Language": lang}
-    )
+    response = client.post(SERVICE_URL, json=load_request(name), headers={"Accept-Language": lang})
     assert response.status_code == 200, response.json
     assert response.headers["Content-Language"] == lang
     body = response.json

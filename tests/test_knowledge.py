@@ -1,0 +1,197 @@
+"""Consistency of the knowledge files: cards <-> rules <-> value sets, in both languages."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cds_service.cards import SUMMARY_MAX, CardContentError, CardLibrary, Renderer, md_escape
+from cds_service.fhir.record import DataNote
+from cds_service.rules import RULES
+from cds_service.settings import DEFAULT_CARDS_DIR
+from cds_service.terminology import VALUESET_DIR, Terminology, TerminologyError
+from tests.conftest import FIXTURES, NOW, assert_valid_response
+from tests.helpers import ICD10CM, SNOMED, condition, creatinine, egfr, medication, patient, record
+
+TERMINOLOGY = Terminology.load()
+LIBRARY = CardLibrary(DEFAULT_CARDS_DIR, TERMINOLOGY)
+RENDERER = Renderer(LIBRARY)
+
+# One record per variant, so every card text is rendered with real facts.
+VARIANT_RECORDS = {
+    ("aluminium-hydroxide-renal", "severe"): [
+        record(patient(), medication(), creatinine(3.1)),
+        record(patient(), medication(), condition(ICD10CM, "Z99.2")),
+        record(patient(), medication(), condition(SNOMED, "431857002")),
+    ],
+    ("aluminium-hydroxide-renal", "moderate"): [
+        record(patient(), medication(), egfr(44)),
+        record(patient(), medication(), condition(ICD10CM, "N19")),
+    ],
+    ("aluminium-hydroxide-renal", "stale"): [
+        record(patient(), medication(), egfr(70, days_ago=900))
+    ],
+    ("aluminium-hydroxide-renal", "unknown"): [
+        record(patient(), medication()),
+        record(patient(gender=None), medication(), creatinine(2.0)),
+    ],
+    ("calcinosis-context", "management"): [
+        record(condition(SNOMED, "89155008", rid="s"), condition(ICD10CM, "L94.2", rid="c"))
+    ],
+}
+
+
+def test_every_card_file_names_an_existing_rule_and_every_rule_has_one() -> None:
+    assert set(LIBRARY.cards) == set(RULES)
+
+
+def test_every_variant_has_a_record_that_produces_it() -> None:
+    declared = {(rule, v) for rule, card in LIBRARY.cards.items() for v in card.data["variants"]}
+    assert declared == set(VARIANT_RECORDS)
+    for (rule, variant), records in VARIANT_RECORDS.items():
+        for rec in records:
+            assert [f.variant for f in RULES[rule](rec)] == [variant], (rule, variant)
+
+
+@pytest.mark.parametrize("lang", ["en", "fr"])
+@pytest.mark.parametrize(("rule", "variant"), sorted(VARIANT_RECORDS))
+def test_every_variant_renders_valid_cards_in_both_languages(
+    rule: str, variant: str, lang: str
+) -> None:
+    for rec in VARIANT_RECORDS[(rule, variant)]:
+        for finding in RULES[rule](rec):
+            card = RENDERER.render(finding, lang, "p1")
+            assert_valid_response({"cards": [card]})
+            assert len(card["summary"]) <= SUMMARY_MAX
+            assert "{" not in card["summary"], "unfilled placeholder"
+            assert "{" not in card["detail"], "unfilled placeholder"
+            assert card["source"]["topic"]["code"] == rule
+            assert LIBRARY.version in card["detail"]
+            assert "\n\n" in card["detail"]  # evidence and evidence level are separate sections
+
+
+def test_french_and_english_texts_differ() -> None:
+    for card in LIBRARY.cards.values():
+        for variant in card.data["variants"].values():
+            assert variant["summary"]["en"] != variant["summary"]["fr"]
+            assert variant["detail"]["en"] != variant["detail"]["fr"]
+
+
+def test_suggestions_carry_fhir_actions_on_the_right_resources() -> None:
+    rec = record(patient(), medication(rid="alu-1"), egfr(22))
+    card = RENDERER.render(RULES["aluminium-hydroxide-renal"](rec)[0], "en", "p1")
+    assert card["selectionBehavior"] == "any"
+    stop, order = card["suggestions"]
+    assert stop["isRecommended"] is True
+    update = stop["actions"][0]
+    assert (update["type"], update["resource"]["id"], update["resource"]["status"]) == (
+        "update",
+        "alu-1",
+        "stopped",
+    )
+    create = order["actions"][0]
+    assert create["type"] == "create"
+    assert create["resource"]["resourceType"] == "ServiceRequest"
+    assert create["resource"]["subject"] == {"reference": "Patient/p1"}
+    assert create["resource"]["code"]["coding"][0]["code"] == "2160-0"
+    assert {s["uuid"] for s in card["suggestions"]} != {None}
+    assert card["overrideReasons"][0]["code"] == "benefit-outweighs-risk"
+    # The original resource in the record is not modified by building the suggestion.
+    assert rec.medications[0].resource["status"] == "active"
+
+
+def test_ehr_text_cannot_inject_markup() -> None:
+    evil = "<script>alert(1)</script> [click](javascript:alert(2)) **bold**"
+    rec = record(
+        patient(),
+        medication(medicationCodeableConcept={"text": f"aluminium hydroxide {evil}"}),
+        egfr(20),
+    )
+    card = RENDERER.render(RULES["aluminium-hydroxide-renal"](rec)[0], "en", "p1")
+    assert "<script>" not in card["detail"]
+    assert "](javascript:" not in card["detail"]
+    assert "\\<script\\>" in card["detail"]
+    assert md_escape("a_b*c") == "a\\_b\\*c"
+
+
+def test_unit_notes_appear_as_evidence() -> None:
+    rec = record(patient(), medication(), creatinine(1.9, "mg%"))
+    assert isinstance(rec.notes[0], DataNote)
+    card = RENDERER.render(RULES["aluminium-hydroxide-renal"](rec)[0], "fr", "p1")
+    assert "Non interprété" in card["detail"]
+    assert "mg%" in card["detail"]
+
+
+def test_numbers_and_dates_follow_the_language() -> None:
+    rec = record(patient(), medication(), creatinine(190, "umol/L", days_ago=15))
+    finding = RULES["aluminium-hydroxide-renal"](rec)[0]
+    en = RENDERER.render(finding, "en", "p1")["detail"]
+    fr = RENDERER.render(finding, "fr", "p1")["detail"]
+    day = NOW.date() - timedelta(days=15)
+    assert day.isoformat() in en
+    assert "2.15 mg/dL" in en
+    assert day.strftime("%d/%m/%Y") in fr
+    assert "2,15 mg/dL" in fr
+
+
+def test_card_library_rejects_incomplete_content(tmp_path: Path) -> None:
+    (tmp_path / "_common.yaml").write_text((DEFAULT_CARDS_DIR / "_common.yaml").read_text())
+    data = yaml.safe_load((DEFAULT_CARDS_DIR / "calcinosis-context.yaml").read_text())
+    del data["variants"]["management"]["summary"]["fr"]
+    (tmp_path / "calcinosis-context.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
+    with pytest.raises(CardContentError, match="summary"):
+        CardLibrary(tmp_path, TERMINOLOGY)
+
+
+def test_every_code_in_a_value_set_says_where_it_was_verified() -> None:
+    for vs in TERMINOLOGY.valuesets.values():
+        assert vs.concepts or vs.phrases
+        for concept in vs.concepts:
+            assert len(concept.source) > 10, (vs.id, concept.code)
+            assert concept.display
+
+
+def test_rule_and_card_value_sets_exist() -> None:
+    for name in (
+        "systemic-sclerosis",
+        "calcinosis",
+        "aluminium-hydroxide",
+        "egfr",
+        "creatinine",
+        "dialysis",
+        "ckd-stage-3",
+        "ckd-stage-4",
+        "ckd-stage-5",
+        "renal-insufficiency-unstaged",
+        "renal-function-order",
+    ):
+        assert name in TERMINOLOGY.valuesets
+
+
+def test_value_set_file_errors_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text(
+        "id: other\ntitle: {en: x, fr: x}\napplies_to: Condition\ndescription: x\ntext: [x]\n"
+    )
+    with pytest.raises(TerminologyError, match="file name"):
+        Terminology.load(tmp_path)
+
+
+def test_fixture_codes_are_in_value_sets_or_known_noise() -> None:
+    noise = {"8867-4", "2823-3", "8480-6", "17861-6", "2777-1", "266261006", "3443"}
+    known = {c.code for vs in TERMINOLOGY.valuesets.values() for c in vs.concepts}
+    for path in FIXTURES.glob("*.request.json"):
+        text = path.read_text(encoding="utf-8")
+        for bundle in json.loads(text)["prefetch"].values():
+            for entry in (bundle or {}).get("entry", []):
+                res = entry["resource"]
+                concept = res.get("code") or res.get("medicationCodeableConcept") or {}
+                for coding in concept.get("coding", []):
+                    assert coding["code"] in known | noise, (path.name, coding)
+
+
+def test_valueset_dir_has_one_file_per_value_set() -> None:
+    assert {p.stem for p in VALUESET_DIR.glob("*.yaml")} == set(TERMINOLOGY.valuesets)

@@ -1,0 +1,82 @@
+"""Rules at their thresholds (KDIGO categories, staleness, coded stages)."""
+
+from __future__ import annotations
+
+import pytest
+from flask.testing import FlaskClient
+
+from cds_service.rules import RULES, aluminium_hydroxide_renal, calcinosis_context
+from tests.conftest import SERVICE_URL, load_request
+from tests.helpers import ICD10CM, SNOMED, condition, egfr, medication, patient, record
+
+
+@pytest.mark.parametrize(
+    ("egfr_value", "variant"),
+    [
+        (10, "severe"),
+        (29.9, "severe"),
+        (30, "moderate"),
+        (59.9, "moderate"),
+        (60, None),
+        (95, None),
+    ],
+)
+def test_aluminium_thresholds(egfr_value: float, variant: str | None) -> None:
+    findings = aluminium_hydroxide_renal.evaluate(record(patient(), medication(), egfr(egfr_value)))
+    assert [f.variant for f in findings] == ([variant] if variant else [])
+
+
+@pytest.mark.parametrize(
+    ("resources", "variant"),
+    [
+        ((condition(ICD10CM, "Z99.2"), egfr(70)), "severe"),
+        ((condition(SNOMED, "433146000"),), "severe"),
+        ((condition(ICD10CM, "N18.32"),), "moderate"),
+        ((condition(ICD10CM, "N19"),), "moderate"),
+        ((egfr(85, days_ago=500),), "stale"),
+        ((egfr(20, days_ago=500),), "severe"),
+        ((), "unknown"),
+    ],
+    ids=["dialysis", "ckd5", "ckd3b", "unstaged", "stale-normal", "stale-low", "unknown"],
+)
+def test_aluminium_renal_situations(resources: tuple, variant: str) -> None:
+    findings = aluminium_hydroxide_renal.evaluate(record(patient(), medication(), *resources))
+    assert [f.variant for f in findings] == [variant]
+
+
+def test_stale_severe_card_shows_the_date_of_the_old_result(client: FlaskClient) -> None:
+
+    body = load_request("02-aluminium-egfr-22")
+    for entry in body["prefetch"]["observations"]["entry"]:
+        resource = entry["resource"]
+        if resource["code"]["coding"][0]["code"] == "98979-8":
+            resource["effectiveDateTime"] = "2025-01-10T09:30:00+01:00"
+    card = client.post(SERVICE_URL, json=body).json["cards"][0]
+    assert card["indicator"] == "critical"
+    assert "2025-01-10" in card["summary"]
+    assert "more than 12 months ago" in card["detail"]
+
+
+def test_aluminium_one_finding_per_order_and_none_without_order() -> None:
+    two = record(patient(), medication(rid="a"), medication(rid="b"), egfr(20))
+    assert [f.facts["drug"].ref for f in aluminium_hydroxide_renal.evaluate(two)] == [
+        "MedicationRequest/a",
+        "MedicationRequest/b",
+    ]
+    assert aluminium_hydroxide_renal.evaluate(record(patient(), egfr(10))) == []
+
+
+def test_calcinosis_context_needs_both_conditions() -> None:
+    ssc = condition(SNOMED, "89155008", rid="ssc")
+    calc = condition(ICD10CM, "L94.2", rid="calc")
+    assert [f.variant for f in calcinosis_context.evaluate(record(ssc, calc))] == ["management"]
+    assert calcinosis_context.evaluate(record(ssc)) == []
+    assert calcinosis_context.evaluate(record(calc)) == []
+
+
+def test_every_rule_module_documents_its_source() -> None:
+    for module in (aluminium_hydroxide_renal, calcinosis_context):
+        doc = module.__doc__ or ""
+        assert "seed 00" in doc
+        assert "When" in doc
+    assert set(RULES) == {"aluminium-hydroxide-renal", "calcinosis-context"}

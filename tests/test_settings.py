@@ -1,0 +1,49 @@
+"""Settings come from the environment, with embedded defaults and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cds_service.settings import Settings, SettingsError
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url.startswith("sqlite:///")
+    assert settings.default_language == "en"
+    assert settings.cors_origins == ("*",)
+    assert (settings.cards_dir / "_common.yaml").is_file()
+
+
+def test_values_from_environment(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql+psycopg://u@h/db",
+            "CDS_DEFAULT_LANGUAGE": "FR",
+            "CDS_MAX_BODY_BYTES": "2048",
+            "CDS_CORS_ORIGINS": "https://a.example, https://b.example",
+            "CDS_CARDS_DIR": str(Path(__file__).resolve().parents[1] / "cards"),
+            "LOG_LEVEL": "debug",
+        }
+    )
+    assert settings.database_url == "postgresql+psycopg://u@h/db"
+    assert settings.default_language == "fr"
+    assert settings.max_body_bytes == 2048
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CDS_DEFAULT_LANGUAGE": "de"}, "CDS_DEFAULT_LANGUAGE"),
+        ({"CDS_MAX_BODY_BYTES": "lots"}, "CDS_MAX_BODY_BYTES"),
+        ({"CDS_MAX_BODY_BYTES": "10"}, "CDS_MAX_BODY_BYTES"),
+        ({"CDS_CARDS_DIR": "/no/such/dir"}, "CDS_CARDS_DIR"),
+    ],
+)
+def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
