@@ -28,6 +28,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 
 metadata = MetaData()
 
@@ -122,7 +123,16 @@ class Store:
         return cls(make_engine(url))
 
     def create_schema(self) -> None:
-        metadata.create_all(self.engine)
+        """Create missing tables. Several workers start at once: when another one creates a
+        table between our check and our CREATE, the next pass finds it in place."""
+        attempts = len(metadata.tables) + 1  # at worst one collision per table
+        for attempt in range(attempts):
+            try:
+                metadata.create_all(self.engine)
+                return
+            except DBAPIError:
+                if attempt == attempts - 1:
+                    raise
 
     def healthy(self) -> bool:
         try:

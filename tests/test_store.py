@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -90,3 +91,13 @@ def test_healthz_reports_an_unreachable_database(tmp_path: Path) -> None:
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
     assert response.json["status"] == "unavailable"
+
+
+def test_concurrent_schema_creation_is_tolerated(database_url: str) -> None:
+    # Two gunicorn workers start together: each creates the schema; neither may fail.
+    stores = [Store.from_url(database_url) for _ in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda s: s.create_schema(), stores))
+    assert all(s.healthy() for s in stores)
+    for s in stores:
+        s.dispose()
