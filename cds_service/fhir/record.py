@@ -213,7 +213,7 @@ def build_record(
     """Screen, validate and normalise the resources of one patient."""
     patient = PatientInfo(id=patient_id)
     conditions: list[ConditionFact] = []
-    latest: dict[str, tuple[datetime, Located, Match]] = {}
+    observations: dict[str, list[tuple[datetime, Located, Match]]] = {}
     medications: list[MedicationFact] = []
     notes: list[DataNote] = []
     medication_index: dict[str, Mapping[str, Any]] = {}
@@ -233,7 +233,7 @@ def build_record(
                 conditions.append(fact)
         elif kind == "Observation":
             _check_subject(item, patient_id)
-            _screen_observation(item, terminology, latest)
+            _screen_observation(item, terminology, observations)
         elif kind == "MedicationRequest":
             _check_subject(item, patient_id)
             med_requests.append(item)
@@ -244,8 +244,9 @@ def build_record(
             medications.append(fact)
 
     labs: dict[str, LabResult] = {}
-    for concept, candidates in _lab_candidates(latest):
-        for when, item, match in candidates:
+    for concept, candidates in observations.items():
+        # Newest first; on equal times the first in the prefetch wins (sorted() is stable).
+        for when, item, match in sorted(candidates, key=lambda c: c[0], reverse=True):
             result = _lab_result(concept, when, item, match, notes)
             if result is not None:
                 labs[concept] = result
@@ -312,9 +313,9 @@ def _observation_time(res: Mapping[str, Any]) -> datetime | None:
 def _screen_observation(
     item: Located,
     terminology: Terminology,
-    latest: dict[str, Any],
+    observations: dict[str, list[tuple[datetime, Located, Match]]],
 ) -> None:
-    """Keep every counting observation of a concept the rules read, for `_lab_candidates`."""
+    """Keep every counting observation of a concept the rules read, with its time."""
     res = item.resource
     if res.get("status") in EXCLUDED_OBSERVATION:
         return
@@ -325,13 +326,7 @@ def _screen_observation(
         if when is None:
             _validate(item)  # a malformed date is reported; a missing one cannot be ordered
             continue
-        latest.setdefault(match.valueset, []).append((when, item, match))
-
-
-def _lab_candidates(latest: Mapping[str, list[Any]]) -> Iterable[tuple[str, list[Any]]]:
-    """Per concept, observations newest first (stable on ties: first in the prefetch wins)."""
-    for concept, items in latest.items():
-        yield concept, sorted(items, key=lambda t: t[0], reverse=True)
+        observations.setdefault(match.valueset, []).append((when, item, match))
 
 
 def _lab_result(

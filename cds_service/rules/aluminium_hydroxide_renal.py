@@ -4,7 +4,8 @@ Sources: seed 002 ("Hydroxyde d'aluminium": 30 mL four times a day reported in S
 use with caution in renal insufficiency, since aluminium accumulates, with severe phosphate
 depletion and osteomalacia or secondary osteoporosis). KDIGO 2009 CKD-MBD guideline,
 recommendation 4.1.6 (grade 1C): avoid long-term aluminium-containing phosphate binders in CKD
-stages 3-5D (as tabulated by Ketteler, Int J Nephrol 2011). Thresholds: knowledge/thresholds.yaml.
+stages 3-5D (as tabulated by Ketteler, Int J Nephrol 2011), kept in the KDIGO 2017 update as
+recommendation 4.1.7 (CKD G3a-G5D). Thresholds: knowledge/thresholds.yaml.
 
 When: an active or on-hold aluminium hydroxide MedicationRequest, and
 - dialysis, CKD G4-G5, or eGFR below 30 mL/min/1.73 m2          -> variant "severe" (critical)
