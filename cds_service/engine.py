@@ -19,9 +19,10 @@ from cds_service import rules
 from cds_service.cards import INDICATORS, CardLibrary, Renderer
 from cds_service.errors import InputError, NotFound
 from cds_service.fhir import prefetch
-from cds_service.fhir.record import build_record
+from cds_service.fhir.record import build_record, warm_up
 from cds_service.hooks.services import ServiceDefinition, load_services
 from cds_service.hooks.validation import first_violation
+from cds_service.knowledge.loader import thresholds
 from cds_service.settings import Settings
 from cds_service.store import FeedbackEntry, IssuedCard, Store
 from cds_service.terminology import Terminology
@@ -48,6 +49,8 @@ class CdsEngine:
         missing = {r for s in self.services.values() for r in s.rules} - set(self.library.cards)
         if missing:
             raise ValueError(f"no card content for rules {sorted(missing)} in cards/")
+        thresholds()  # read once now, not during the first request
+        warm_up()
 
     @property
     def knowledge_version(self) -> str:
