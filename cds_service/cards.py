@@ -255,6 +255,10 @@ class _Formatter:
     def concept(self, valueset: str) -> str:
         return self.library.terminology[valueset].title[self.lang]
 
+    def drug(self, medication: MedicationFact) -> str:
+        """The drug's name in this language: the title of the value set it was matched to."""
+        return self.concept(medication.match.valueset)
+
     def how(self, fact: ConditionFact | MedicationFact) -> str:
         return fact.match.label if fact.match.by == "code" else self.t("recognised_by_text")
 
@@ -264,8 +268,7 @@ class _Formatter:
         values: dict[str, str] = {}
         drug = facts.get("drug")
         if isinstance(drug, MedicationFact):
-            title = self.concept(next(iter(sorted(drug.valuesets))))
-            values["drug"] = f"{title} (“{md_escape(drug.display)}”)"
+            values["drug"] = f"{self.drug(drug)} (“{md_escape(drug.display)}”)"
         renal = facts.get("renal")
         if isinstance(renal, RenalStatus):
             values["renal_short"] = self.renal_short(renal)
@@ -321,7 +324,7 @@ class _Formatter:
                 age=renal.age_at_test,
                 sex=sex,
             )
-        elif renal.reason and "creatinine" in renal.reason:
+        elif renal.reason == "egfr-not-computable":
             return self.t("renal", "not_computable")
         else:
             return self.t("renal", "unknown")
@@ -371,7 +374,7 @@ class _Formatter:
                 else ""
             )
             return self.t("evidence", "medication").format(
-                drug=self.concept(next(iter(sorted(item.valuesets)))),
+                drug=self.drug(item),
                 recorded=md_escape(item.display),
                 status=self.common["medication_status"][item.status][self.lang],
                 authored=authored,

@@ -195,3 +195,12 @@ def test_fixture_codes_are_in_value_sets_or_known_noise() -> None:
 
 def test_valueset_dir_has_one_file_per_value_set() -> None:
     assert {p.stem for p in VALUESET_DIR.glob("*.yaml")} == set(TERMINOLOGY.valuesets)
+
+
+def test_unknown_renal_status_says_why() -> None:
+    no_sex = record(patient(gender=None), medication(), creatinine(2.0))
+    card = RENDERER.render(RULES["aluminium-hydroxide-renal"](no_sex)[0], "en", "p1")
+    assert "eGFR cannot be computed" in card["detail"]
+    nothing = record(patient(), medication())
+    card = RENDERER.render(RULES["aluminium-hydroxide-renal"](nothing)[0], "en", "p1")
+    assert "no eGFR, creatinine or coded renal condition" in card["detail"]

@@ -85,7 +85,7 @@ def test_creatinine_without_sex_falls_back_to_older_egfr_or_unknown() -> None:
     assert status.source == "measured"
     status = record(patient(gender=None), creatinine(2.5, days_ago=2)).renal
     assert status.source == "unknown"
-    assert "sex" in (status.reason or "")
+    assert (status.reason, status.missing) == ("egfr-not-computable", ("sex",))
 
 
 @pytest.mark.parametrize(
@@ -123,5 +123,5 @@ def test_resolved_ckd_condition_does_not_count() -> None:
 
 def test_nothing_known() -> None:
     status = record(patient()).renal
-    assert status.source == "unknown"
+    assert (status.source, status.reason) == ("unknown", "no-renal-data")
     assert not status.known

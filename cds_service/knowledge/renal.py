@@ -76,7 +76,10 @@ class RenalStatus:
     age_at_test: int | None = None  # for computed eGFR
     sex: str | None = None  # for computed eGFR
     condition: ConditionFact | None = None  # the coded condition used, if any
-    reason: str | None = None  # why the status is unknown or could not be computed
+    # Why the status is unknown: "no-renal-data", or "egfr-not-computable" with `missing`
+    # naming what CKD-EPI 2021 lacked ("sex", "birth date", "adult age").
+    reason: str | None = None
+    missing: tuple[str, ...] = ()
 
     @property
     def known(self) -> bool:
@@ -105,7 +108,7 @@ def assess(
         return _from_condition(coded, dialysis, None)
     if lab_status is not None:  # creatinine present but eGFR not computable
         return lab_status
-    return RenalStatus(source="unknown", reason="no eGFR, creatinine or coded renal condition")
+    return RenalStatus(source="unknown", reason="no-renal-data")
 
 
 def _from_labs(
@@ -128,14 +131,12 @@ def _from_labs(
     if age is None:
         missing.append("birth date")
     elif age < 18:
-        missing.append("adult age (CKD-EPI 2021 is for adults)")
+        missing.append("adult age")  # CKD-EPI 2021 is for adults
     if missing or creatinine.value <= 0:
         if egfr is not None:  # fall back on the older measured eGFR
             return _from_labs(patient, egfr, None)
         return RenalStatus(
-            source="unknown",
-            reason=f"creatinine present but eGFR not computable: no {', '.join(missing)}",
-            lab=None,
+            source="unknown", reason="egfr-not-computable", missing=tuple(missing), lab=None
         )
     value = ckd_epi_2021(creatinine.value, age, patient.sex or "")
     return RenalStatus(
