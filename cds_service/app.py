@@ -18,6 +18,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # httpx logs each request URL at INFO; FHIR query URLs carry the patient id.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     store = Store.from_url(settings.database_url)
     store.create_schema()
 

@@ -19,6 +19,7 @@ from cds_service import rules
 from cds_service.cards import INDICATORS, CardLibrary, Renderer
 from cds_service.errors import InputError, NotFound
 from cds_service.fhir import prefetch
+from cds_service.fhir.client import FhirFetcher
 from cds_service.fhir.record import build_record, warm_up
 from cds_service.hooks.services import ServiceDefinition, load_services
 from cds_service.hooks.validation import first_violation
@@ -51,6 +52,20 @@ class CdsEngine:
             raise ValueError(f"no card content for rules {sorted(missing)} in cards/")
         thresholds()  # read once now, not during the first request
         warm_up()
+        self.fetch_policy = prefetch.FetchPolicy(
+            FhirFetcher(
+                settings.fhir_timeout_ms / 1000,
+                settings.fhir_deadline_ms / 1000,
+                settings.fhir_page_limit,
+            ),
+            settings.fhir_servers,
+        )
+
+    def close(self) -> None:
+        """Release connections (FHIR client, database pool)."""
+        if self.fetch_policy.fetcher is not None:
+            self.fetch_policy.fetcher.close()
+        self.store.dispose()
 
     @property
     def knowledge_version(self) -> str:
@@ -77,7 +92,7 @@ class CdsEngine:
         _check(f"context-{service.hook}", body["context"], at="context")
         patient_id: str = body["context"]["patientId"]
 
-        found = prefetch.resolve(list(service.prefetch), body.get("prefetch"))
+        found = prefetch.resolve(service.prefetch, body, self.fetch_policy)
         now = self.settings.now()
         record = build_record(found.resources, patient_id, self.terminology, now)
         findings = rules.run(service.rules, record)

@@ -18,6 +18,15 @@ DEFAULT_CARDS_DIR = PACKAGE_DIR.parent / "cards"
 SUPPORTED_LANGUAGES = ("en", "fr")
 
 
+# Environment variable -> Settings field, for the integer settings.
+INTEGER_SETTINGS = (
+    ("CDS_MAX_BODY_BYTES", "max_body_bytes"),
+    ("CDS_FHIR_TIMEOUT_MS", "fhir_timeout_ms"),
+    ("CDS_FHIR_DEADLINE_MS", "fhir_deadline_ms"),
+    ("CDS_FHIR_PAGE_LIMIT", "fhir_page_limit"),
+)
+
+
 class SettingsError(ValueError):
     """A setting has a value the service cannot run with; the message says which and why."""
 
@@ -36,6 +45,11 @@ class Settings:
     cors_origins: tuple[str, ...] = ("*",)
     cards_dir: Path = DEFAULT_CARDS_DIR
     log_level: str = "INFO"
+    # FHIR servers this service may query when prefetch is missing (base URLs; none by default).
+    fhir_servers: tuple[str, ...] = ()
+    fhir_timeout_ms: int = 800
+    fhir_deadline_ms: int = 1200
+    fhir_page_limit: int = 10
     # Injected clock: the only source of "now" for staleness and ages (tests pin it).
     clock: Callable[[], datetime] = field(default=_utcnow, repr=False, compare=False)
 
@@ -47,6 +61,16 @@ class Settings:
             )
         if self.max_body_bytes < 1024:
             raise SettingsError("CDS_MAX_BODY_BYTES must be at least 1024")
+        for name, value in (
+            ("CDS_FHIR_TIMEOUT_MS", self.fhir_timeout_ms),
+            ("CDS_FHIR_DEADLINE_MS", self.fhir_deadline_ms),
+            ("CDS_FHIR_PAGE_LIMIT", self.fhir_page_limit),
+        ):
+            if value < 1:
+                raise SettingsError(f"{name} must be a positive integer")
+        for server in self.fhir_servers:
+            if not server.startswith(("https://", "http://")):
+                raise SettingsError(f"CDS_FHIR_SERVERS: {server!r} is not an http(s) base URL")
         if not self.cards_dir.is_dir():
             raise SettingsError(f"CDS_CARDS_DIR {str(self.cards_dir)!r} is not a directory")
 
@@ -59,13 +83,14 @@ class Settings:
             kwargs["database_url"] = url
         if lang := env.get("CDS_DEFAULT_LANGUAGE"):
             kwargs["default_language"] = lang.strip().lower()
-        if size := env.get("CDS_MAX_BODY_BYTES"):
-            try:
-                kwargs["max_body_bytes"] = int(size)
-            except ValueError:
-                raise SettingsError(
-                    f"CDS_MAX_BODY_BYTES must be an integer, not {size!r}"
-                ) from None
+        for var, name in INTEGER_SETTINGS:
+            if raw := env.get(var):
+                try:
+                    kwargs[name] = int(raw)
+                except ValueError:
+                    raise SettingsError(f"{var} must be an integer, not {raw!r}") from None
+        if servers := env.get("CDS_FHIR_SERVERS"):
+            kwargs["fhir_servers"] = tuple(s.strip() for s in servers.split(",") if s.strip())
         if origins := env.get("CDS_CORS_ORIGINS"):
             kwargs["cors_origins"] = tuple(o.strip() for o in origins.split(",") if o.strip())
         if cards := env.get("CDS_CARDS_DIR"):

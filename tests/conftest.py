@@ -6,6 +6,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,16 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+@contextmanager
+def app_with(tmp_path: Path, **overrides: Any) -> Iterator[Flask]:
+    """An app with settings overrides, closed (connections released) afterwards."""
+    application = create_app(make_settings(tmp_path, **overrides))
+    try:
+        yield application
+    finally:
+        application.extensions["cds_engine"].close()
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
@@ -73,7 +84,7 @@ def settings(tmp_path: Path) -> Settings:
 def app(settings: Settings) -> Iterator[Flask]:
     application = create_app(settings)
     yield application
-    application.extensions["cds_engine"].store.dispose()
+    application.extensions["cds_engine"].close()
 
 
 @pytest.fixture
@@ -107,3 +118,90 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.sqlite3'}"
     return request.getfixturevalue("postgres_url")
+
+
+SEKMET_TOKEN = "sekmet-test-token-7f3a"  # the only bearer token the test FHIR server accepts
+
+
+def fixture_transaction(names: list[str]) -> dict[str, Any]:
+    """A FHIR transaction Bundle that PUTs every resource of the named fixture patients."""
+    entries = []
+    for name in names:
+        for value in load_request(name)["prefetch"].values():
+            if value is None:
+                continue
+            resources = (
+                [e["resource"] for e in value.get("entry", [])]
+                if value["resourceType"] == "Bundle"
+                else [value]
+            )
+            entries += [
+                {
+                    "resource": r,
+                    "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+                }
+                for r in resources
+            ]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+@pytest.fixture(scope="session")
+def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real FHIR R4 server (sekmet-fhir) on loopback, loaded with every fixture patient.
+
+    Yields its base URL. It accepts only `Authorization: Bearer SEKMET_TOKEN`.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time as clock
+
+    import httpx
+
+    work = tmp_path_factory.mktemp("sekmet")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = f"http://127.0.0.1:{port}/fhir"
+    (work / "settings.yaml").write_text(
+        "\n".join(
+            [
+                f"base_url: {base}",
+                "host: 127.0.0.1",
+                f"port: {port}",
+                f"data_dir: {work / 'data'}",
+                "server_auth: {types: [bearer], tokens: [" + SEKMET_TOKEN + "]}",
+                "validation: {inbound: warn}",
+                "simulator: {enabled: false}",
+            ]
+        )
+    )
+    sekmet_cli = Path(sys.executable).parent / "sekmet"
+    process = subprocess.Popen(  # noqa: S603 - our own test server, fixed arguments
+        [str(sekmet_cli), "serve", "--config", str(work / "settings.yaml")],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    auth = {"Authorization": f"Bearer {SEKMET_TOKEN}"}
+    try:
+        for _ in range(150):
+            try:
+                if httpx.get(f"{base}/metadata", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            clock.sleep(0.1)
+        else:
+            pytest.fail("sekmet-fhir did not start within 15 s")
+        loaded = httpx.post(
+            base,
+            json=fixture_transaction(fixture_names()),
+            headers={**auth, "Content-Type": "application/fhir+json"},
+            timeout=30,
+        )
+        assert loaded.status_code == 200, loaded.text[:500]
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -35,6 +35,27 @@ def test_values_from_environment(tmp_path: Path) -> None:
     assert settings.log_level == "DEBUG"
 
 
+def test_fhir_fetch_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "CDS_FHIR_SERVERS": "https://ehr.example.org/fhir, https://sandbox.example.org/r4",
+            "CDS_FHIR_TIMEOUT_MS": "300",
+            "CDS_FHIR_DEADLINE_MS": "450",
+            "CDS_FHIR_PAGE_LIMIT": "3",
+        }
+    )
+    assert settings.fhir_servers == (
+        "https://ehr.example.org/fhir",
+        "https://sandbox.example.org/r4",
+    )
+    assert (settings.fhir_timeout_ms, settings.fhir_deadline_ms, settings.fhir_page_limit) == (
+        300,
+        450,
+        3,
+    )
+    assert Settings.from_env({}).fhir_servers == ()  # nothing is fetched unless configured
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -42,6 +63,10 @@ def test_values_from_environment(tmp_path: Path) -> None:
         ({"CDS_MAX_BODY_BYTES": "lots"}, "CDS_MAX_BODY_BYTES"),
         ({"CDS_MAX_BODY_BYTES": "10"}, "CDS_MAX_BODY_BYTES"),
         ({"CDS_CARDS_DIR": "/no/such/dir"}, "CDS_CARDS_DIR"),
+        ({"CDS_FHIR_SERVERS": "ehr.example.org/fhir"}, "CDS_FHIR_SERVERS"),
+        ({"CDS_FHIR_DEADLINE_MS": "0"}, "CDS_FHIR_DEADLINE_MS"),
+        ({"CDS_FHIR_TIMEOUT_MS": "soon"}, "CDS_FHIR_TIMEOUT_MS"),
+        ({"CDS_FHIR_PAGE_LIMIT": "-1"}, "CDS_FHIR_PAGE_LIMIT"),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], message: str) -> None:

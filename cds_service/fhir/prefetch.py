@@ -6,19 +6,22 @@ For each key a service declares, the request may carry (CDS Hooks 2.0, "Prefetch
 - a Bundle with no entries          -> EMPTY: no data (not an error);
 - an OperationOutcome               -> OUTCOME: the EHR failed to prefetch;
 - nothing (key absent)              -> MISSING: the EHR did not prefetch.
-OUTCOME and MISSING keys must be fetched from ``fhirServer``; until the service can do so they
-are reported as unavailable (HTTP 412, as the spec requires).
+OUTCOME and MISSING keys are fetched from ``fhirServer`` (the same template, rendered with the
+hook context), with ``fhirAuthorization.access_token`` as bearer token, provided that server is
+one this service is configured to query. A key that can be neither read nor fetched makes the
+call fail with 412 naming the keys, as the spec requires.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from cds_service.errors import InputError, PrefetchUnavailable
+from cds_service.fhir.client import FhirFetcher
 from cds_service.fhir.record import Located
 
 _TOKEN = re.compile(r"\{\{\s*context\.([A-Za-z][A-Za-z0-9]*)\s*\}\}")
@@ -30,6 +33,7 @@ class KeyStatus(Enum):
     EMPTY = "empty"
     OUTCOME = "operation-outcome"
     MISSING = "missing"
+    FETCHED = "fetched"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,23 @@ class Prefetched:
 
     resources: tuple[Located, ...]
     status: Mapping[str, KeyStatus]
+    truncated: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Whether and how missing prefetch may be fetched from the EHR's FHIR server."""
+
+    fetcher: FhirFetcher | None = None
+    allowed_servers: tuple[str, ...] = field(default=())
+
+    def permits(self, server: str) -> bool:
+        """True when `server` is one of the configured FHIR base URLs (or below one)."""
+        wanted = server.rstrip("/")
+        return any(
+            wanted == base.rstrip("/") or wanted.startswith(base.rstrip("/") + "/")
+            for base in self.allowed_servers
+        )
 
 
 def render_template(template: str, context: Mapping[str, Any]) -> str:
@@ -71,13 +92,15 @@ def _entries(bundle: Mapping[str, Any], path: str) -> Iterator[Located]:
         yield Located(f"{at}.resource", resource)
 
 
-def resolve(keys: list[str], prefetch: Mapping[str, Any] | None) -> Prefetched:
-    """Sort the request's prefetch into usable resources and key statuses; raise 412 when
-    any declared key is missing or carries an OperationOutcome."""
-    prefetch = prefetch or {}
+def resolve(
+    templates: Mapping[str, str], request: Mapping[str, Any], policy: FetchPolicy
+) -> Prefetched:
+    """Sort the request's prefetch into usable resources; fetch what is missing when allowed;
+    raise 412 for keys that can be neither read nor fetched."""
+    prefetch = request.get("prefetch") or {}
     resources: list[Located] = []
     status: dict[str, KeyStatus] = {}
-    for key in keys:
+    for key in templates:
         path = f"prefetch.{key}"
         if key not in prefetch:
             status[key] = KeyStatus.MISSING
@@ -98,11 +121,45 @@ def resolve(keys: list[str], prefetch: Mapping[str, Any] | None) -> Prefetched:
         else:
             status[key] = KeyStatus.PRESENT
             resources.append(Located(path, value))
-    unavailable = [k for k, s in status.items() if s in (KeyStatus.MISSING, KeyStatus.OUTCOME)]
-    if unavailable:
+    missing = [k for k, s in status.items() if s in (KeyStatus.MISSING, KeyStatus.OUTCOME)]
+    truncated: tuple[str, ...] = ()
+    if missing:
+        fetched, truncated = _fetch(missing, templates, request, policy)
+        for key, found in fetched.items():
+            status[key] = KeyStatus.FETCHED
+            resources.extend(found)
+    return Prefetched(tuple(resources), status, truncated)
+
+
+def _fetch(
+    keys: list[str], templates: Mapping[str, str], request: Mapping[str, Any], policy: FetchPolicy
+) -> tuple[dict[str, list[Located]], tuple[str, ...]]:
+    server = request.get("fhirServer")
+    if not isinstance(server, str):
         raise PrefetchUnavailable(
-            unavailable,
-            "were not prefetched (absent or an OperationOutcome), and this version of the "
-            "service does not query the FHIR server itself",
+            keys, "were not prefetched, and the request names no fhirServer to fetch them from"
         )
-    return Prefetched(tuple(resources), status)
+    if policy.fetcher is None or not policy.permits(server):
+        raise PrefetchUnavailable(
+            keys,
+            "were not prefetched, and fhirServer is not a FHIR server this service is "
+            "configured to query (CDS_FHIR_SERVERS)",
+        )
+    context = request.get("context") or {}
+    queries = {key: render_template(templates[key], context) for key in keys}
+    auth = request.get("fhirAuthorization") or {}
+    token = auth.get("access_token") if isinstance(auth, Mapping) else None
+    result = policy.fetcher.fetch(server, token if isinstance(token, str) else None, queries)
+    if result.failures:
+        details = ", ".join(f"{k} ({reason})" for k, reason in result.failures.items())
+        raise PrefetchUnavailable(
+            list(result.failures), f"were not prefetched and could not be fetched: {details}"
+        )
+    located = {
+        key: [
+            Located(f"fetched.{key}.entry[{i}].resource", resource)
+            for i, resource in enumerate(found)
+        ]
+        for key, found in result.resources.items()
+    }
+    return located, tuple(result.truncated)

@@ -50,7 +50,8 @@ def _template(key: str, spec: Any, terminology: Terminology) -> str:
         codes = [
             f"{LOINC}|{code}" for vs in spec["valuesets"] for code in terminology.codes(vs, LOINC)
         ]
-        return f"Observation?patient={{{{context.patientId}}}}&code={','.join(codes)}"
+        # Newest first, so that a page limit never drops the latest results.
+        return f"Observation?patient={{{{context.patientId}}}}&code={','.join(codes)}&_sort=-date"
     raise ValueError(f"services.yaml: prefetch {key!r} must be a query or an Observation spec")
 
 

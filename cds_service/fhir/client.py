@@ -1,0 +1,167 @@
+"""Fetching prefetch queries from the EHR's FHIR server when the EHR did not send them.
+
+- Independent queries run concurrently (one thread each, from a pool kept for the process).
+- Each HTTP request has a timeout, and the whole fetch one deadline; what is not back by the
+  deadline has failed.
+- Bundle ``next`` links are followed up to a page limit, and only while they stay on the same
+  FHIR server: the access token is never sent anywhere else.
+- Every failure becomes a short reason ("HTTP 401", "timed out", "not FHIR JSON"). Reasons and
+  logs never contain the access token, and never the URL (it carries the patient id).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+
+
+class FetchError(Exception):
+    """One query could not be answered; `reason` is safe to show and to log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class FetchResult:
+    """What came back for each key, and why the others failed."""
+
+    resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    truncated: list[str] = field(default_factory=list)
+
+
+class FhirFetcher:
+    """A FHIR REST client for prefetch queries, shared by all requests of a worker."""
+
+    def __init__(self, timeout_s: float, deadline_s: float, page_limit: int) -> None:
+        self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
+        self.page_limit = page_limit
+        self._lock = threading.Lock()
+        self._client: httpx.Client | None = None  # created on the first fetch
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _open(self) -> tuple[httpx.Client, ThreadPoolExecutor]:
+        with self._lock:
+            if self._client is None or self._pool is None:
+                self._client = httpx.Client(
+                    headers={"Accept": FHIR_JSON}, follow_redirects=False, timeout=self.timeout_s
+                )
+                self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fhir-fetch")
+            return self._client, self._pool
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._client is not None:
+                self._client.close()
+            self._client, self._pool = None, None
+
+    def fetch(self, base_url: str, token: str | None, queries: Mapping[str, str]) -> FetchResult:
+        """Run `queries` (key -> relative URL) against `base_url` concurrently."""
+        client, pool = self._open()
+        deadline = time.monotonic() + self.deadline_s
+        base = base_url.rstrip("/") + "/"
+        futures = {
+            key: pool.submit(self._fetch_query, client, base, token, query, deadline)
+            for key, query in queries.items()
+        }
+        result = FetchResult()
+        for key, future in futures.items():
+            started = time.monotonic()
+            try:
+                resources, truncated = future.result(timeout=max(0.0, deadline - started) + 0.05)
+            except FutureTimeout:
+                future.cancel()
+                result.failures[key] = "no answer before the deadline"
+            except FetchError as exc:
+                result.failures[key] = exc.reason
+            else:
+                result.resources[key] = resources
+                if truncated:
+                    result.truncated.append(key)
+        for key, reason in result.failures.items():
+            log.warning("FHIR fetch failed: key=%s reason=%s", key, reason)
+        for key in result.truncated:
+            log.warning("FHIR fetch stopped at %d pages: key=%s", self.page_limit, key)
+        return result
+
+    def _fetch_query(
+        self, client: httpx.Client, base: str, token: str | None, query: str, deadline: float
+    ) -> tuple[list[dict[str, Any]], bool]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        url: str | None = base + query.lstrip("/")
+        resources: list[dict[str, Any]] = []
+        for _page in range(self.page_limit):
+            assert url is not None
+            body = self._get_json(client, url, headers, deadline)
+            kind = body.get("resourceType")
+            if kind == "OperationOutcome":
+                raise FetchError("the FHIR server answered with an OperationOutcome")
+            if kind != "Bundle":
+                return [body], False
+            entries = body.get("entry") or []
+            if not isinstance(entries, list):
+                raise FetchError("Bundle.entry is not an array")
+            for entry in entries:
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if isinstance(resource, dict) and resource.get("resourceType") not in (
+                    None,
+                    "OperationOutcome",
+                ):
+                    resources.append(resource)
+            url = _next_link(body)
+            if url is None:
+                return resources, False
+            if not url.startswith(base):
+                raise FetchError("a next link points outside the FHIR server")
+        return resources, True
+
+    def _get_json(
+        self, client: httpx.Client, url: str, headers: dict[str, str], deadline: float
+    ) -> dict[str, Any]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchError("no answer before the deadline")
+        timeout = min(self.timeout_s, remaining)
+        try:
+            response = client.get(url, headers=headers, timeout=timeout)
+        except httpx.TimeoutException:
+            cut_by_deadline = timeout < self.timeout_s
+            raise FetchError(
+                "no answer before the deadline" if cut_by_deadline else "timed out"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise FetchError(f"connection failed ({type(exc).__name__})") from None
+        if response.status_code != 200:
+            raise FetchError(f"HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise FetchError("the answer is not FHIR JSON") from None
+        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+            raise FetchError("the answer is not a FHIR resource")
+        return body
+
+
+def _next_link(bundle: Mapping[str, Any]) -> str | None:
+    for link in bundle.get("link") or ():
+        if isinstance(link, Mapping) and link.get("relation") == "next":
+            url = link.get("url")
+            return url if isinstance(url, str) and url else None
+    return None
