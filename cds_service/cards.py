@@ -86,6 +86,8 @@ class CardLibrary:
                 _text(link.get("label"), lang, f"{where}: links[{i}].label")
             for key, sug in (data.get("suggestions") or {}).items():
                 _text(sug.get("label"), lang, f"{where}: suggestions.{key}.label")
+                if "label_draft" in sug:
+                    _text(sug["label_draft"], lang, f"{where}: suggestions.{key}.label_draft")
                 if sug.get("action") not in ACTION_KINDS:
                     raise CardContentError(f"{where}: suggestions.{key}: unknown action")
                 if sug["action"] == "order-lab" and sug.get("valueset") not in (
@@ -196,11 +198,19 @@ class Renderer:
         if spec["action"] == "stop-medication":
             drug = finding.facts.get("drug")
             if not isinstance(drug, MedicationFact) or drug.id is None:
-                return None  # nothing to update without a resource id
-            resource = copy.deepcopy(dict(drug.resource))
-            resource["status"] = "stopped"
-            resource["statusReason"] = {"text": spec["reason"][lang]}
-            action = {"type": "update", "description": label, "resource": resource}
+                return None  # nothing to act on without a resource id
+            if drug.draft:  # remove the draft from the order being signed
+                label = spec.get("label_draft", spec["label"])[lang]
+                action = {
+                    "type": "delete",
+                    "description": label,
+                    "resourceId": f"MedicationRequest/{drug.id}",
+                }
+            else:  # stop the active order
+                resource = copy.deepcopy(dict(drug.resource))
+                resource["status"] = "stopped"
+                resource["statusReason"] = {"text": spec["reason"][lang]}
+                action = {"type": "update", "description": label, "resource": resource}
         else:  # order-lab
             valueset = self.library.terminology[spec["valueset"]]
             concept = valueset.first(LOINC)
@@ -269,6 +279,7 @@ class _Formatter:
         drug = facts.get("drug")
         if isinstance(drug, MedicationFact):
             values["drug"] = f"{self.drug(drug)} (“{md_escape(drug.display)}”)"
+            values["order_kind"] = self.t("order_kind", "draft" if drug.draft else "active")
         renal = facts.get("renal")
         if isinstance(renal, RenalStatus):
             values["renal_short"] = self.renal_short(renal)

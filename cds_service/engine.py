@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cds_service import rules
@@ -20,12 +20,14 @@ from cds_service.cards import INDICATORS, CardLibrary, Renderer
 from cds_service.errors import InputError, NotFound
 from cds_service.fhir import prefetch
 from cds_service.fhir.client import FhirFetcher
-from cds_service.fhir.record import build_record, warm_up
+from cds_service.fhir.record import Located, build_record, warm_up
 from cds_service.hooks.services import ServiceDefinition, load_services
 from cds_service.hooks.validation import first_violation
 from cds_service.knowledge.loader import thresholds
-from cds_service.settings import Settings
+from cds_service.rules.base import Finding
+from cds_service.settings import DEVELOPMENT_HASH_KEY, Settings
 from cds_service.store import FeedbackEntry, IssuedCard, Store
+from cds_service.suppression import Suppression, evidence_fingerprint
 from cds_service.terminology import Terminology
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,14 @@ class CdsEngine:
             raise ValueError(f"no card content for rules {sorted(missing)} in cards/")
         thresholds()  # read once now, not during the first request
         warm_up()
+        self.suppression = Suppression(
+            store,
+            settings.hash_key,
+            timedelta(minutes=settings.repeat_window_minutes),
+            timedelta(days=settings.snooze_days),
+        )
+        if settings.hash_key == DEVELOPMENT_HASH_KEY:
+            log.warning("CDS_HASH_KEY is not set: using the development key")
         self.fetch_policy = prefetch.FetchPolicy(
             FhirFetcher(
                 settings.fhir_timeout_ms / 1000,
@@ -94,8 +104,12 @@ class CdsEngine:
 
         found = prefetch.resolve(service.prefetch, body, self.fetch_policy)
         now = self.settings.now()
-        record = build_record(found.resources, patient_id, self.terminology, now)
-        findings = rules.run(service.rules, record)
+        drafts = draft_orders(body["context"]) if service.hook in ORDER_HOOKS else None
+        record = build_record(found.resources, patient_id, self.terminology, now, drafts)
+        encounter_id = str(body["context"].get("encounterId", ""))
+        findings = self._unrepeated(
+            service.hook, patient_id, encounter_id, rules.run(service.rules, record), now
+        )
 
         cards = [self.renderer.render(f, lang, patient_id) for f in findings]
         order = sorted(range(len(cards)), key=lambda i: INDICATORS.index(cards[i]["indicator"]))
@@ -109,11 +123,45 @@ class CdsEngine:
                 knowledge_version=self.knowledge_version,
                 hook_instance=body["hookInstance"],
                 issued_at=now,
+                subject_key=self.suppression.subject_key(patient_id, findings[i]),
+                evidence_hash=evidence_fingerprint(findings[i]),
             )
             for i in order
         )
         self._record(issued)
+        try:
+            self.suppression.remember(service.hook, patient_id, encounter_id, findings, now)
+        except Exception as exc:  # noqa: BLE001 - memory is best effort
+            log.error("could not remember cautions: %s", type(exc).__name__)
         return Evaluation({"cards": [cards[i] for i in order]}, issued)
+
+    def _unrepeated(
+        self, hook: str, patient_id: str, encounter_id: str, findings: list[Finding], now: datetime
+    ) -> list[Finding]:
+        """Drop repeats and snoozed cards; if the store cannot say, show everything."""
+        try:
+            return self.suppression.filter(hook, patient_id, encounter_id, findings, now)
+        except Exception as exc:  # noqa: BLE001 - failing open: a clinician sees the card
+            log.error("could not check repeats or snoozes: %s", type(exc).__name__)
+            return findings
+
+    def feedback_summary(self, service_id: str) -> dict[str, Any]:
+        """Accepted / overridden counts and override reasons per rule, for maintainers."""
+        service = self.service(service_id)
+        return {
+            "service": service.id,
+            "rules": [
+                {
+                    "rule": r.rule_id,
+                    "knowledgeVersion": r.knowledge_version,
+                    "issued": r.issued,
+                    "accepted": r.accepted,
+                    "overridden": r.overridden,
+                    "overrideReasons": r.override_reasons,
+                }
+                for r in self.store.feedback_summary(service.id)
+            ],
+        }
 
     def receive_feedback(self, service_id: str, body: Mapping[str, Any]) -> int:
         """Validate and store a CDS Hooks feedback body; return how many entries were stored.
@@ -149,6 +197,11 @@ class CdsEngine:
                 )
             )
         self.store.record_feedback(entries)
+        for entry in entries:
+            if entry.outcome == "overridden":
+                issued = self.store.issued(entry.card_uuid)
+                assert issued is not None
+                self.suppression.snooze_after_override(issued, service.hook, received)
         return len(entries)
 
     def _record(self, issued: tuple[IssuedCard, ...]) -> None:
@@ -157,6 +210,27 @@ class CdsEngine:
             self.store.record_issued(issued)
         except Exception as exc:  # noqa: BLE001
             log.error("could not record %d issued card(s): %s", len(issued), type(exc).__name__)
+
+
+ORDER_HOOKS = frozenset({"order-select", "order-sign"})
+
+
+def draft_orders(context: Mapping[str, Any]) -> list[Located]:
+    """The draft orders under review: at order-select only those named in `selections`."""
+    bundle = context["draftOrders"]
+    selected = context.get("selections")
+    drafts = []
+    for i, entry in enumerate(bundle.get("entry") or ()):
+        resource = entry.get("resource") if isinstance(entry, Mapping) else None
+        if not isinstance(resource, Mapping) or not isinstance(resource.get("resourceType"), str):
+            raise InputError(
+                "draftOrders entry must hold a FHIR resource",
+                path=f"context.draftOrders.entry[{i}].resource",
+            )
+        reference = f"{resource['resourceType']}/{resource.get('id')}"
+        if selected is None or reference in selected:
+            drafts.append(Located(f"context.draftOrders.entry[{i}].resource", resource))
+    return drafts
 
 
 def _timestamp(value: str) -> datetime:

@@ -24,7 +24,10 @@ INTEGER_SETTINGS = (
     ("CDS_FHIR_TIMEOUT_MS", "fhir_timeout_ms"),
     ("CDS_FHIR_DEADLINE_MS", "fhir_deadline_ms"),
     ("CDS_FHIR_PAGE_LIMIT", "fhir_page_limit"),
+    ("CDS_REPEAT_WINDOW_MINUTES", "repeat_window_minutes"),
+    ("CDS_SNOOZE_DAYS", "snooze_days"),
 )
+DEVELOPMENT_HASH_KEY = "calcinosis-cds-development-key"
 
 
 class SettingsError(ValueError):
@@ -50,6 +53,10 @@ class Settings:
     fhir_timeout_ms: int = 800
     fhir_deadline_ms: int = 1200
     fhir_page_limit: int = 10
+    # Key of the HMACs that stand for patients in the store; set your own in production.
+    hash_key: str = field(default=DEVELOPMENT_HASH_KEY, repr=False)
+    repeat_window_minutes: int = 60  # order-select caution not repeated at order-sign
+    snooze_days: int = 30  # patient-view card not shown again after an override
     # Injected clock: the only source of "now" for staleness and ages (tests pin it).
     clock: Callable[[], datetime] = field(default=_utcnow, repr=False, compare=False)
 
@@ -65,6 +72,8 @@ class Settings:
             ("CDS_FHIR_TIMEOUT_MS", self.fhir_timeout_ms),
             ("CDS_FHIR_DEADLINE_MS", self.fhir_deadline_ms),
             ("CDS_FHIR_PAGE_LIMIT", self.fhir_page_limit),
+            ("CDS_REPEAT_WINDOW_MINUTES", self.repeat_window_minutes),
+            ("CDS_SNOOZE_DAYS", self.snooze_days),
         ):
             if value < 1:
                 raise SettingsError(f"{name} must be a positive integer")
@@ -89,6 +98,8 @@ class Settings:
                     kwargs[name] = int(raw)
                 except ValueError:
                     raise SettingsError(f"{var} must be an integer, not {raw!r}") from None
+        if key := env.get("CDS_HASH_KEY"):
+            kwargs["hash_key"] = key
         if servers := env.get("CDS_FHIR_SERVERS"):
             kwargs["fhir_servers"] = tuple(s.strip() for s in servers.split(",") if s.strip())
         if origins := env.get("CDS_CORS_ORIGINS"):

@@ -1,16 +1,19 @@
-"""Persisted state: every card issued (uuid -> service, rule, knowledge version) and the
-feedback clinicians give on them.
+"""Persisted state: every card issued (uuid -> service, rule, knowledge version), the feedback
+clinicians give on them, the cautions shown at order-select (so order-sign does not repeat them)
+and the snoozes that follow an override.
 
 SQLite file by default, PostgreSQL when ``DATABASE_URL`` says so (``postgresql+psycopg://``).
 The schema is created on start. No patient data is stored: a card is kept by its uuid, the
-rule and variant that produced it, the knowledge version and the hookInstance.
+rule and variant that produced it, the knowledge version and the hookInstance; patients appear
+only as keyed hashes (HMAC, see cds_service/suppression.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import (
@@ -23,9 +26,12 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
+    inspect,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
@@ -43,6 +49,26 @@ issued_cards = Table(
     Column("knowledge_version", String(32), nullable=False),
     Column("hook_instance", String(128), nullable=False),
     Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("subject_key", String(64), nullable=True),  # HMAC(patient, rule, order)
+    Column("evidence_hash", String(64), nullable=True),
+)
+
+shown_cautions = Table(
+    "shown_cautions",
+    metadata,
+    Column("key", String(64), primary_key=True),  # HMAC(patient, encounter, rule, drug)
+    Column("fingerprint", String(64), nullable=False),  # what the order said
+    Column("shown_at", DateTime(timezone=True), nullable=False),
+)
+
+snoozes = Table(
+    "snoozes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("subject_key", String(64), nullable=False, index=True),
+    Column("evidence_hash", String(64), nullable=False),
+    Column("until", DateTime(timezone=True), nullable=False),
+    Column("card_uuid", String(36), nullable=False),
 )
 
 
@@ -92,6 +118,25 @@ class IssuedCard:
     knowledge_version: str
     hook_instance: str
     issued_at: datetime
+    subject_key: str | None = None
+    evidence_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class RuleFeedback:
+    """Feedback on one rule at one knowledge version, for knowledge maintainers."""
+
+    rule_id: str
+    knowledge_version: str
+    issued: int
+    accepted: int
+    overridden: int
+    override_reasons: list[dict[str, object]]
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite returns naive datetimes; everything stored is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def make_engine(url: str) -> Engine:
@@ -129,10 +174,27 @@ class Store:
         for attempt in range(attempts):
             try:
                 metadata.create_all(self.engine)
-                return
+                break
             except DBAPIError:
                 if attempt == attempts - 1:
                     raise
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a database created by an older version up to date: add the nullable columns
+        it lacks (nothing stored is touched)."""
+        existing = inspect(self.engine)
+        for table in metadata.sorted_tables:
+            present = {c["name"] for c in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                assert column.nullable, f"{table.name}.{column.name} must be nullable to be added"
+                kind = column.type.compile(dialect=self.engine.dialect)
+                statement = f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'
+                # Names come from our own metadata. Another worker may add it first.
+                with contextlib.suppress(DBAPIError), self.engine.begin() as conn:
+                    conn.execute(text(statement))
 
     def healthy(self) -> bool:
         try:
@@ -172,6 +234,131 @@ class Store:
                 select(*columns).where(feedback.c.card_uuid == card_uuid).order_by(feedback.c.id)
             ).mappings()
             return [FeedbackEntry(**row) for row in rows]
+
+    # ------------------------------------------------------------------ repeat suppression
+
+    def remember_caution(self, key: str, fingerprint: str, at: datetime) -> None:
+        """Record (or refresh) that a caution was shown for this patient, encounter and drug."""
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                update(shown_cautions)
+                .where(shown_cautions.c.key == key)
+                .values(fingerprint=fingerprint, shown_at=at)
+            )
+            if updated.rowcount == 0:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            insert(shown_cautions).values(
+                                key=key, fingerprint=fingerprint, shown_at=at
+                            )
+                        )
+                except DBAPIError:  # inserted meanwhile by another worker: refresh it
+                    conn.execute(
+                        update(shown_cautions)
+                        .where(shown_cautions.c.key == key)
+                        .values(fingerprint=fingerprint, shown_at=at)
+                    )
+
+    def caution(self, key: str) -> tuple[str, datetime] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(shown_cautions.c.fingerprint, shown_cautions.c.shown_at).where(
+                    shown_cautions.c.key == key
+                )
+            ).first()
+        return (row.fingerprint, as_utc(row.shown_at)) if row else None
+
+    # ------------------------------------------------------------------ snoozes
+
+    def add_snooze(self, subject_key: str, evidence_hash: str, until: datetime, card: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(snoozes).values(
+                    subject_key=subject_key,
+                    evidence_hash=evidence_hash,
+                    until=until,
+                    card_uuid=card,
+                )
+            )
+
+    def snoozed(self, subject_key: str, evidence_hash: str, now: datetime) -> bool:
+        """True while a snooze for this card and this evidence runs."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(snoozes.c.until).where(
+                    snoozes.c.subject_key == subject_key,
+                    snoozes.c.evidence_hash == evidence_hash,
+                )
+            ).all()
+        return any(as_utc(row.until) > now for row in rows)
+
+    # ------------------------------------------------------------------ knowledge maintenance
+
+    def feedback_summary(self, service_id: str) -> list[RuleFeedback]:
+        """Issued / accepted / overridden counts and override reasons, per rule and version."""
+        group = (issued_cards.c.rule_id, issued_cards.c.knowledge_version)
+        with self.engine.connect() as conn:
+            issued = {
+                (r.rule_id, r.knowledge_version): r.n
+                for r in conn.execute(
+                    select(*group, func.count().label("n"))
+                    .where(issued_cards.c.service_id == service_id)
+                    .group_by(*group)
+                )
+            }
+            outcomes: dict[tuple[str, str], dict[str, int]] = {}
+            for r in conn.execute(
+                select(
+                    feedback.c.rule_id,
+                    feedback.c.knowledge_version,
+                    feedback.c.outcome,
+                    func.count().label("n"),
+                )
+                .where(feedback.c.service_id == service_id)
+                .group_by(feedback.c.rule_id, feedback.c.knowledge_version, feedback.c.outcome)
+            ):
+                outcomes.setdefault((r.rule_id, r.knowledge_version), {})[r.outcome] = r.n
+            reasons: dict[tuple[str, str], list[dict[str, object]]] = {}
+            reason_cols = (
+                feedback.c.override_system,
+                feedback.c.override_code,
+                feedback.c.override_display,
+            )
+            for r in conn.execute(
+                select(
+                    feedback.c.rule_id,
+                    feedback.c.knowledge_version,
+                    *reason_cols,
+                    func.count().label("n"),
+                )
+                .where(
+                    feedback.c.service_id == service_id,
+                    feedback.c.outcome == "overridden",
+                    feedback.c.override_code.is_not(None),
+                )
+                .group_by(feedback.c.rule_id, feedback.c.knowledge_version, *reason_cols)
+                .order_by(func.count().desc(), feedback.c.override_code)
+            ):
+                reasons.setdefault((r.rule_id, r.knowledge_version), []).append(
+                    {
+                        "system": r.override_system,
+                        "code": r.override_code,
+                        "display": r.override_display,
+                        "count": r.n,
+                    }
+                )
+        return [
+            RuleFeedback(
+                rule_id=rule,
+                knowledge_version=version,
+                issued=issued.get((rule, version), 0),
+                accepted=outcomes.get((rule, version), {}).get("accepted", 0),
+                overridden=outcomes.get((rule, version), {}).get("overridden", 0),
+                override_reasons=reasons.get((rule, version), []),
+            )
+            for rule, version in sorted(set(issued) | set(outcomes))
+        ]
 
     def dispose(self) -> None:
         self.engine.dispose()

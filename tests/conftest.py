@@ -21,7 +21,14 @@ from cds_service.hooks.validation import violations
 from cds_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "fixtures" / "patient-view"
+FIXTURE_ROOT = ROOT / "fixtures"
+FIXTURES = FIXTURE_ROOT / "patient-view"
+# Fixture folder -> the service its requests are for.
+SERVICES = {
+    "patient-view": "calcinosis-patient-view",
+    "order-select": "calcinosis-order-select",
+    "order-sign": "calcinosis-order-sign",
+}
 SERVICE_URL = "/cds-services/calcinosis-patient-view"
 
 
@@ -37,16 +44,19 @@ NOW = _fixtures_anchor()
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-def fixture_names() -> list[str]:
-    return sorted(p.name.removesuffix(".request.json") for p in FIXTURES.glob("*.request.json"))
+def fixture_names(hook: str = "patient-view") -> list[str]:
+    folder = FIXTURE_ROOT / hook
+    return sorted(p.name.removesuffix(".request.json") for p in folder.glob("*.request.json"))
 
 
-def load_request(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / f"{name}.request.json").read_text(encoding="utf-8"))
+def load_request(name: str, hook: str = "patient-view") -> dict[str, Any]:
+    path = FIXTURE_ROOT / hook / f"{name}.request.json"
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_expected(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / f"{name}.expected.json").read_text(encoding="utf-8"))
+def load_expected(name: str, hook: str = "patient-view") -> dict[str, Any]:
+    path = FIXTURE_ROOT / hook / f"{name}.expected.json"
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def assert_valid_response(body: Any) -> None:
@@ -92,10 +102,12 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def postgres_url() -> Iterator[str]:
-    """A PostgreSQL URL with a private schema for this test session; skips when unreachable."""
+    """A PostgreSQL URL with a private schema for this test; skips when unreachable."""
     base = os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    if not base:  # `make test` found no PostgreSQL (scripts/ensure-postgres said why)
+        pytest.skip("PostgreSQL not available on this machine (see scripts/ensure-postgres)")
     schema = f"test_{uuid.uuid4().hex[:12]}"
     try:
         admin = create_engine(base, connect_args={"connect_timeout": 3})

@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 from cds_service.rules import RULES
 from fixtures.build import main as build_fixtures
 from tests.conftest import (
-    SERVICE_URL,
+    SERVICES,
     assert_valid_response,
     fixture_names,
     load_expected,
@@ -17,19 +17,27 @@ from tests.conftest import (
 )
 
 NAMES = fixture_names()
+CASES = [(hook, name) for hook in SERVICES for name in fixture_names(hook)]
 
 
-def test_there_are_at_least_ten_fixture_patients() -> None:
+def test_there_are_fixtures_for_every_service() -> None:
     assert len(NAMES) >= 10
+    for hook in ("order-select", "order-sign"):
+        assert len(fixture_names(hook)) >= 4, hook
 
 
 @pytest.mark.parametrize("lang", ["en", "fr"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("hook", "name"), CASES)
 def test_fixture_gives_expected_cards(
-    app: Flask, client: FlaskClient, name: str, lang: str
+    app: Flask, client: FlaskClient, hook: str, name: str, lang: str
 ) -> None:
-    expected = load_expected(name)
-    response = client.post(SERVICE_URL, json=load_request(name), headers={"Accept-Language": lang})
+    expected = load_expected(name, hook)
+    assert expected.get("service", SERVICES[hook]) == SERVICES[hook]
+    response = client.post(
+        f"/cds-services/{SERVICES[hook]}",
+        json=load_request(name, hook),
+        headers={"Accept-Language": lang},
+    )
     assert response.status_code == 200, response.json
     assert response.headers["Content-Language"] == lang
     body = response.json
@@ -45,6 +53,19 @@ def test_fixture_gives_expected_cards(
     store = app.extensions["cds_engine"].store
     variants = [store.issued(c["uuid"]).variant for c in body["cards"]]
     assert variants == [c["variant"] for c in expected["cards"]]
+
+    if hook != "patient-view":  # a card about a draft names it and acts on it
+        request = load_request(name, hook)
+        drafts = {
+            f"MedicationRequest/{e['resource']['id']}"
+            for e in request["context"]["draftOrders"]["entry"]
+        }
+        for card in body["cards"]:
+            actions = [a for s in card["suggestions"] for a in s["actions"]]
+            deletes = [a for a in actions if a["type"] == "delete"]
+            assert len(deletes) == 1
+            assert deletes[0]["resourceId"] in drafts
+            assert deletes[0]["resourceId"] in card["detail"]
 
 
 def test_every_rule_has_firing_and_silent_fixtures() -> None:

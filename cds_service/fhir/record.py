@@ -12,7 +12,8 @@ Rules honoured here (issue 2):
 - Observations count unless status is entered-in-error / cancelled; the latest interpretable
   value per concept is kept, in canonical units; a value in a unit that is not recognised is not
   guessed and is reported as a note.
-- MedicationRequests count when status is active or on-hold.
+- MedicationRequests count when status is active or on-hold; draft orders (order-select /
+  order-sign) count unless cancelled, stopped, completed or entered in error.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ INACTIVE_CLINICAL = frozenset({"inactive", "remission", "resolved"})
 EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
 EXCLUDED_OBSERVATION = frozenset({"entered-in-error", "cancelled"})
 ACTIVE_MEDICATION = frozenset({"active", "on-hold"})
+DRAFT_MEDICATION = frozenset({"draft", "active", "on-hold"})
 
 MODELS = {
     "Patient": Patient,
@@ -100,6 +102,7 @@ class MedicationFact:
     status: str
     authored: date | None
     resource: Mapping[str, Any] = field(repr=False, compare=False)
+    draft: bool = False  # a draft order under review (order-select / order-sign)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class PatientRecord:
     medications: tuple[MedicationFact, ...]
     notes: tuple[DataNote, ...]
     renal: renal.RenalStatus
+    # Draft orders under review (order-select / order-sign); None at patient-view.
+    drafts: tuple[MedicationFact, ...] | None = None
 
     def conditions_in(self, valueset: str) -> list[ConditionFact]:
         return [c for c in self.conditions if valueset in c.valuesets]
@@ -131,6 +136,12 @@ class PatientRecord:
 
     def medications_in(self, valueset: str) -> list[MedicationFact]:
         return [m for m in self.medications if valueset in m.valuesets]
+
+    def orders_in(self, valueset: str) -> list[MedicationFact]:
+        """The orders a treatment-safety rule checks: the draft orders under review at
+        order-select / order-sign, the active orders at patient-view."""
+        orders = self.drafts if self.drafts is not None else self.medications
+        return [m for m in orders if valueset in m.valuesets]
 
 
 # Minimal resources touching the nested element types the record reads (no codes: text only).
@@ -271,9 +282,14 @@ def _check_subject(item: Located, patient_id: str) -> None:
 
 
 def build_record(
-    resources: Iterable[Located], patient_id: str, terminology: Terminology, now: datetime
+    resources: Iterable[Located],
+    patient_id: str,
+    terminology: Terminology,
+    now: datetime,
+    drafts: Iterable[Located] | None = None,
 ) -> PatientRecord:
-    """Screen, validate and normalise the resources of one patient."""
+    """Screen, validate and normalise the resources of one patient, and the draft orders under
+    review when there are (order hooks)."""
     patient = PatientInfo(id=patient_id)
     conditions: list[ConditionFact] = []
     observations: dict[str, list[tuple[datetime, Located, Match]]] = {}
@@ -302,9 +318,19 @@ def build_record(
             med_requests.append(item)
 
     for item in med_requests:
-        fact = _medication(item, terminology, medication_index)
+        fact = _medication(item, terminology, medication_index, draft=False)
         if fact is not None:
             medications.append(fact)
+    draft_facts: list[MedicationFact] | None = None
+    if drafts is not None:
+        draft_facts = []
+        for item in drafts:
+            if item.resource.get("resourceType") != "MedicationRequest":
+                continue  # other draft orders (ServiceRequest...) are not checked yet
+            _check_subject(item, patient_id)
+            fact = _medication(item, terminology, medication_index, draft=True)
+            if fact is not None:
+                draft_facts.append(fact)
 
     labs: dict[str, LabResult] = {}
     for concept, candidates in observations.items():
@@ -324,6 +350,7 @@ def build_record(
         medications=tuple(medications),
         notes=tuple(notes),
         renal=status,
+        drafts=tuple(draft_facts) if draft_facts is not None else None,
     )
 
 
@@ -427,11 +454,15 @@ def _lab_result(
 
 
 def _medication(
-    item: Located, terminology: Terminology, medication_index: Mapping[str, Mapping[str, Any]]
+    item: Located,
+    terminology: Terminology,
+    medication_index: Mapping[str, Mapping[str, Any]],
+    *,
+    draft: bool,
 ) -> MedicationFact | None:
     res = item.resource
     status = res.get("status")
-    if status not in ACTIVE_MEDICATION:
+    if status not in (DRAFT_MEDICATION if draft else ACTIVE_MEDICATION):
         return None
     concept = res.get("medicationCodeableConcept")
     reference = res.get("medicationReference")
@@ -452,6 +483,7 @@ def _medication(
         status=status,
         authored=authored.date() if authored else None,
         resource=res,
+        draft=draft,
     )
 
 

@@ -135,6 +135,11 @@ def feedback(service_id: str) -> Response:
     return jsonify({"stored": stored})
 
 
+@bp.get("/cds-services/<service_id>/feedback/summary")
+def feedback_summary(service_id: str) -> Response:
+    return jsonify(engine().feedback_summary(service_id))
+
+
 @bp.get("/healthz")
 def healthz() -> Response:
     cds = engine()

@@ -7,7 +7,8 @@ recommendation 4.1.6 (grade 1C): avoid long-term aluminium-containing phosphate 
 stages 3-5D (as tabulated by Ketteler, Int J Nephrol 2011), kept in the KDIGO 2017 update as
 recommendation 4.1.7 (CKD G3a-G5D). Thresholds: knowledge/thresholds.yaml.
 
-When: an active or on-hold aluminium hydroxide MedicationRequest, and
+When: an aluminium hydroxide order (at patient-view an active or on-hold MedicationRequest; at
+order-select / order-sign a draft order under review), and
 - dialysis, CKD G4-G5, or eGFR below 30 mL/min/1.73 m2          -> variant "severe" (critical)
 - CKD G3 or unstaged renal insufficiency, or eGFR 30-59          -> variant "moderate" (warning)
 - last eGFR / creatinine older than 12 months (nothing coded)    -> variant "stale" (warning),
@@ -15,7 +16,7 @@ When: an active or on-hold aluminium hydroxide MedicationRequest, and
   the result's date and says it is over 12 months old)
 - no renal information at all                                    -> variant "unknown" (warning)
 Silent when the eGFR is recent and 60 or more.
-One finding per aluminium hydroxide order.
+One finding per aluminium hydroxide order; its card names the order and acts on it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def renal_variant(renal: RenalStatus) -> str | None:
 
 
 def evaluate(record: PatientRecord) -> list[Finding]:
-    orders = record.medications_in("aluminium-hydroxide")
+    orders = record.orders_in("aluminium-hydroxide")
     if not orders:
         return []
     variant = renal_variant(record.renal)
