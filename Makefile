@@ -41,8 +41,12 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The store tests also run against PostgreSQL: scripts/ensure-postgres starts (or, as root on
+# Debian, installs) it on 127.0.0.1:5432 and says so when it cannot; those tests then skip.
 test: lint
-	$(BIN)/python -m pytest
+	@TEST_POSTGRES_URL="$$(PY=$(BIN)/python scripts/ensure-postgres)"; export TEST_POSTGRES_URL; \
+		echo "PostgreSQL for the store tests: $${TEST_POSTGRES_URL:-none (skipped)}"; \
+		$(BIN)/python -m pytest
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .
