@@ -262,3 +262,38 @@ def test_older_database_gains_the_new_columns_without_losing_rows(tmp_path: Path
     assert old is not None
     assert old.subject_key is None
     store.dispose()
+
+
+def test_malformed_feedback_loses_nothing_already_stored(workers: tuple[Flask, Flask]) -> None:
+    first, second = workers
+    shown = cards(first, SERVICE_URL, load_request("02-aluminium-egfr-22"))
+    override(first, shown[1])
+    store = first.extensions["cds_engine"].store
+    before = store.feedback_for(shown[1]["uuid"])
+    client = second.test_client()
+    bad_bodies = [
+        {"feedback": [{"card": shown[1]["uuid"], "outcome": "accepted", "outcomeTimestamp": "x"}]},
+        {
+            "feedback": [
+                {
+                    "card": shown[0]["uuid"],
+                    "outcome": "overridden",
+                    "outcomeTimestamp": NOW.isoformat(),
+                },
+                {"card": "unknown", "outcome": "overridden", "outcomeTimestamp": NOW.isoformat()},
+            ]
+        },
+        {"feedback": []},
+    ]
+    for bad in bad_bodies:
+        assert client.post(f"{SERVICE_URL}/feedback", json=bad).status_code == 400
+    assert (
+        client.post(
+            f"{SERVICE_URL}/feedback", data="{", content_type="application/json"
+        ).status_code
+        == 400
+    )
+    assert store.feedback_for(shown[1]["uuid"]) == before
+    assert store.feedback_for(shown[0]["uuid"]) == []  # the valid half of a bad body was not kept
+    summary = client.get(f"{SERVICE_URL}/feedback/summary").json
+    assert sum(r["overridden"] for r in summary["rules"]) == 1
