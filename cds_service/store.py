@@ -282,16 +282,18 @@ class Store:
                 )
             )
 
-    def snoozed(self, subject_key: str, evidence_hash: str, now: datetime) -> bool:
-        """True while a snooze for this card and this evidence runs."""
+    def snoozed(self, cards: list[tuple[str, str]], now: datetime) -> set[tuple[str, str]]:
+        """Which of these (subject key, evidence hash) pairs are under a running snooze."""
+        if not cards:
+            return set()
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(snoozes.c.until).where(
-                    snoozes.c.subject_key == subject_key,
-                    snoozes.c.evidence_hash == evidence_hash,
+                select(snoozes.c.subject_key, snoozes.c.evidence_hash, snoozes.c.until).where(
+                    snoozes.c.subject_key.in_({key for key, _ in cards})
                 )
             ).all()
-        return any(as_utc(row.until) > now for row in rows)
+        running = {(r.subject_key, r.evidence_hash) for r in rows if as_utc(r.until) > now}
+        return running & set(cards)
 
     # ------------------------------------------------------------------ knowledge maintenance
 

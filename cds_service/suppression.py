@@ -117,20 +117,23 @@ class Suppression:
         now: datetime,
     ) -> list[Finding]:
         """The findings to show; drops repeats at order-sign and snoozed cards at patient-view."""
-        kept = []
-        for finding in findings:
-            if hook == "order-sign" and self._shown_at_select(
-                patient_id, encounter_id, finding, now
-            ):
-                log.info("suppressed repeat of %s at order-sign", finding.rule)
-                continue
-            if hook == "patient-view" and self.store.snoozed(
-                self.subject_key(patient_id, finding), evidence_fingerprint(finding), now
-            ):
-                log.info("suppressed snoozed %s at patient-view", finding.rule)
-                continue
-            kept.append(finding)
-        return kept
+        findings = list(findings)
+        if hook == "order-sign":
+            kept = []
+            for finding in findings:
+                if self._shown_at_select(patient_id, encounter_id, finding, now):
+                    log.info("suppressed repeat of %s at order-sign", finding.rule)
+                else:
+                    kept.append(finding)
+            return kept
+        if hook == "patient-view":
+            cards = [(self.subject_key(patient_id, f), evidence_fingerprint(f)) for f in findings]
+            snoozed = self.store.snoozed(cards, now)
+            for finding, card in zip(findings, cards, strict=True):
+                if card in snoozed:
+                    log.info("suppressed snoozed %s at patient-view", finding.rule)
+            return [f for f, card in zip(findings, cards, strict=True) if card not in snoozed]
+        return findings
 
     def _shown_at_select(
         self, patient_id: str, encounter_id: str, finding: Finding, now: datetime
