@@ -14,19 +14,27 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cds_service.fhir.record import ConditionFact, DataNote, LabResult, MedicationFact
+from cds_service.fhir import units
+from cds_service.fhir.record import (
+    CodedResult,
+    ConditionFact,
+    DataNote,
+    LabResult,
+    MedicationFact,
+)
 from cds_service.knowledge.renal import RenalStatus
 from cds_service.rules.base import Finding
 from cds_service.settings import SUPPORTED_LANGUAGES
-from cds_service.terminology import LOINC, Terminology
+from cds_service.terminology import LOINC, YAML_LOADER, Terminology
 
 INDICATORS = ("critical", "warning", "info")  # most urgent first
-ACTION_KINDS = ("stop-medication", "order-lab")
+ACTION_KINDS = ("stop-medication", "order-lab", "order-missing-labs", "order-service")
 RULE_SYSTEM = "urn:calcinosis-cds:rule"
 OVERRIDE_SYSTEM = "urn:calcinosis-cds:override-reason"
 SUMMARY_MAX = 139  # the spec: "<140-character summary"
@@ -57,17 +65,27 @@ class CardContent:
         return self.data["variants"][name]
 
 
+def _read_yaml(path: Path) -> Any:
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=YAML_LOADER)  # noqa: S506
+
+
+@cache
+def load_library(cards_dir: Path, terminology: Terminology) -> CardLibrary:
+    """The card content of `cards_dir`, read and checked once per process."""
+    return CardLibrary(cards_dir, terminology)
+
+
 class CardLibrary:
     """Every card content file, loaded and checked once."""
 
     def __init__(self, cards_dir: Path, terminology: Terminology) -> None:
         self.terminology = terminology
         common_file = cards_dir / "_common.yaml"
-        self.common: Mapping[str, Any] = yaml.safe_load(common_file.read_text(encoding="utf-8"))
+        self.common: Mapping[str, Any] = _read_yaml(common_file)
         self.version: str = str(self.common["knowledge_version"])
         self.cards: dict[str, CardContent] = {}
         for path in sorted(cards_dir.glob("[!_]*.yaml")):
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = _read_yaml(path)
             if not isinstance(data, Mapping) or data.get("rule") != path.stem:
                 raise CardContentError(f"{path.name}: 'rule' must equal the file name")
             self._check(path.name, data)
@@ -142,7 +160,7 @@ class Renderer:
         suggestions = [
             s
             for key in variant.get("suggestions") or ()
-            if (s := self._suggestion(content, key, variant, finding, lang, patient_id))
+            for s in self._suggestions(content, key, variant, finding, lang, patient_id)
         ]
         if suggestions:
             card["suggestions"] = suggestions
@@ -176,7 +194,8 @@ class Renderer:
         lines = [line for line in lines if line != "- "]
         if lines:
             parts.append(f"**{heads['evidence'][lang]}**\n\n" + "\n".join(lines))
-        parts.append(f"**{heads['evidence_level'][lang]}**: {content.data['evidence_level'][lang]}")
+        level = content.data["evidence_level"][lang]
+        parts.append(f"**{heads['evidence_level'][lang]}**{heads['colon'][lang]}{level}")
         if refs := content.data.get("references"):
             items = "\n".join(f"- {r[lang]}" for r in refs)
             parts.append(f"**{heads['references'][lang]}**\n\n{items}")
@@ -184,7 +203,7 @@ class Renderer:
         parts.append(f"_{footer}_")
         return "\n\n".join(parts)
 
-    def _suggestion(
+    def _suggestions(
         self,
         content: CardContent,
         key: str,
@@ -192,9 +211,37 @@ class Renderer:
         finding: Finding,
         lang: str,
         patient_id: str,
-    ) -> dict[str, Any] | None:
+    ) -> list[dict[str, Any]]:
         spec = content.data["suggestions"][key]
-        label = spec["label"][lang]
+        if spec["action"] == "order-missing-labs":  # one suggestion per missing test
+            return [
+                self._suggestion(
+                    {**spec, "action": "order-lab", "valueset": missing},
+                    key,
+                    variant,
+                    finding,
+                    lang,
+                    patient_id,
+                    label=spec["label"][lang].format(
+                        test=self.library.terminology[missing].title[lang]
+                    ),
+                )
+                for missing in finding.facts.get("missing", ())
+            ]
+        one = self._suggestion(spec, key, variant, finding, lang, patient_id)
+        return [one] if one is not None else []
+
+    def _suggestion(
+        self,
+        spec: Mapping[str, Any],
+        key: str,
+        variant: Mapping[str, Any],
+        finding: Finding,
+        lang: str,
+        patient_id: str,
+        label: str | None = None,
+    ) -> dict[str, Any] | None:
+        label = label or spec["label"][lang]
         if spec["action"] == "stop-medication":
             drug = finding.facts.get("drug")
             if not isinstance(drug, MedicationFact) or drug.id is None:
@@ -211,23 +258,20 @@ class Renderer:
                 resource["status"] = "stopped"
                 resource["statusReason"] = {"text": spec["reason"][lang]}
                 action = {"type": "update", "description": label, "resource": resource}
+        elif spec["action"] == "order-service":  # coded by text: no verified code exists
+            resource = _service_request(patient_id, {"text": spec["code_text"][lang]})
+            action = {"type": "create", "description": label, "resource": resource}
         else:  # order-lab
             valueset = self.library.terminology[spec["valueset"]]
             concept = valueset.first(LOINC)
             assert concept is not None, f"{valueset.id} has no LOINC code"
-            resource = {
-                "resourceType": "ServiceRequest",
-                "status": "draft",
-                "intent": "order",
-                "subject": {"reference": f"Patient/{patient_id}"},
-                "code": {
-                    "coding": [
-                        {"system": concept.system, "code": concept.code, "display": concept.display}
-                    ],
-                    "text": valueset.title[lang],
-                },
+            coding = {"system": concept.system, "code": concept.code, "display": concept.display}
+            code = {"coding": [coding], "text": valueset.title[lang]}
+            action = {
+                "type": "create",
+                "description": label,
+                "resource": _service_request(patient_id, code),
             }
-            action = {"type": "create", "description": label, "resource": resource}
         suggestion: dict[str, Any] = {
             "label": label,
             "uuid": str(uuid.uuid4()),
@@ -236,6 +280,16 @@ class Renderer:
         if variant.get("recommended") == key:
             suggestion["isRecommended"] = True
         return suggestion
+
+
+def _service_request(patient_id: str, code: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "resourceType": "ServiceRequest",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "code": dict(code),
+    }
 
 
 class _Formatter:
@@ -276,15 +330,67 @@ class _Formatter:
 
     def values(self, facts: Mapping[str, Any]) -> dict[str, str]:
         values: dict[str, str] = {}
-        drug = facts.get("drug")
-        if isinstance(drug, MedicationFact):
-            values["drug"] = f"{self.drug(drug)} (“{md_escape(drug.display)}”)"
-            values["order_kind"] = self.t("order_kind", "draft" if drug.draft else "active")
+        for key, name in (("drug", "drug"), ("other", "other")):
+            order = facts.get(key)
+            if isinstance(order, MedicationFact):
+                values[name] = f"{self.drug(order)} (“{md_escape(order.display)}”)"
+                values[f"{name}_name"] = self.drug(order)
+                values[f"{'order' if key == 'drug' else 'other'}_kind"] = self.t(
+                    "order_kind", "draft" if order.draft else "active"
+                )
         renal = facts.get("renal")
         if isinstance(renal, RenalStatus):
             values["renal_short"] = self.renal_short(renal)
             values["renal_long"] = self.renal_long(renal)
+        if "criterion" in facts:
+            values["criterion"] = self.criterion(facts["criterion"])
+        if isinstance(facts.get("limit"), int | float):
+            values["limit"] = self.number(float(facts["limit"]), 0)
+        if isinstance(facts.get("disease"), str):
+            values["disease"] = self.concept(facts["disease"])
+        if "factors" in facts:
+            lines = [self.risk_factor(key, params) for key, params in facts["factors"]]
+            values["factors"] = "\n".join(f"- {line}" for line in lines)
+            values["factor_count"] = str(len(lines))
+        if "missing" in facts:
+            values["missing"] = ", ".join(self.concept(m) for m in facts["missing"])
+        if "abnormalities" in facts:
+            lines = [self.abnormality(key, fact) for key, fact in facts["abnormalities"]]
+            values["abnormalities"] = "\n".join(f"- {line}" for line in lines)
         return values
+
+    def criterion(self, fact: Any) -> str:
+        """The record fact a safety card rests on, phrased for a sentence."""
+        if isinstance(fact, RenalStatus):
+            return self.renal_long(fact)
+        if isinstance(fact, ConditionFact | LabResult | DataNote):
+            return self.evidence(fact)
+        return ""
+
+    def risk_factor(self, key: str, params: Mapping[str, Any]) -> str:
+        return self.t("risk_factor", key).format(**params)
+
+    def lab_values(self, lab: LabResult) -> dict[str, str]:
+        return {
+            "value": self.number(lab.value, units.decimals(lab.concept)),
+            "unit": lab.unit,
+            "date": self.date(lab.when),
+        }
+
+    def abnormality(self, key: str, fact: Any) -> str:
+        if key == "calcium-phosphate-product":
+            product, _calcium, _phosphate = fact
+            return self.t("abnormality", key).format(value=self.number(product, 0))
+        if isinstance(fact, LabResult):
+            return self.t("abnormality", key).format(**self.lab_values(fact))
+        if isinstance(fact, ConditionFact):
+            # Coded conditions (hyperparathyroidism, hypercalcaemia) share one phrasing.
+            return self.t("abnormality", "hyperparathyroidism").format(
+                display=md_escape(fact.display)
+            )
+        if isinstance(fact, RenalStatus):
+            return self.t("abnormality", "renal").format(renal_short=self.renal_short(fact))
+        return ""
 
     def egfr(self, renal: RenalStatus) -> str:
         return self.number(renal.egfr or 0.0, 0)
@@ -360,7 +466,7 @@ class _Formatter:
                 ref=item.ref,
             )
         if isinstance(item, LabResult):
-            decimals = 0 if item.concept == "egfr" else 2
+            decimals = units.decimals(item.concept)
             measured = ""
             if item.measured_unit and item.measured_value != item.value:
                 measured = self.t("evidence", "lab_measured_as").format(
@@ -394,6 +500,15 @@ class _Formatter:
             )
         if isinstance(item, RenalStatus):
             return self.t("evidence", "renal").format(renal_long=self.renal_long(item))
+        if isinstance(item, CodedResult):
+            shown = " ".join(item.text.split()) or ", ".join(sorted(item.flags)) or "?"
+            return self.t("evidence", "coded").format(
+                concept=self.concept(item.concept),
+                value=md_escape(shown),
+                date=self.date(item.when),
+                code=item.code,
+                ref=item.ref,
+            )
         if isinstance(item, DataNote):
             return self.t("evidence", "note_unit").format(
                 concept=self.concept(item.concept),

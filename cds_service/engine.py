@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cds_service import rules
-from cds_service.cards import INDICATORS, CardLibrary, Renderer
+from cds_service.cards import INDICATORS, Renderer, load_library
 from cds_service.errors import InputError, NotFound
 from cds_service.fhir import prefetch
 from cds_service.fhir.client import FhirFetcher
@@ -24,6 +24,7 @@ from cds_service.fhir.record import Located, build_record, warm_up
 from cds_service.hooks.services import ServiceDefinition, load_services
 from cds_service.hooks.validation import first_violation
 from cds_service.knowledge.loader import thresholds
+from cds_service.knowledge.safety import table_valuesets
 from cds_service.rules.base import Finding
 from cds_service.settings import DEVELOPMENT_HASH_KEY, Settings
 from cds_service.store import FeedbackEntry, IssuedCard, Store
@@ -46,12 +47,15 @@ class CdsEngine:
         self.settings = settings
         self.store = store
         self.terminology = Terminology.load()
-        self.library = CardLibrary(settings.cards_dir, self.terminology)
+        self.library = load_library(settings.cards_dir, self.terminology)
         self.renderer = Renderer(self.library)
         self.services: dict[str, ServiceDefinition] = load_services(self.terminology)
         missing = {r for s in self.services.values() for r in s.rules} - set(self.library.cards)
         if missing:
             raise ValueError(f"no card content for rules {sorted(missing)} in cards/")
+        unknown = table_valuesets() - set(self.terminology.valuesets)
+        if unknown:
+            raise ValueError(f"knowledge/safety.yaml names unknown value sets {sorted(unknown)}")
         thresholds()  # read once now, not during the first request
         warm_up()
         self.suppression = Suppression(
@@ -82,7 +86,8 @@ class CdsEngine:
         return self.library.version
 
     def discovery(self) -> dict[str, Any]:
-        return {"services": [s.discovery() for s in self.services.values()]}
+        version = self.knowledge_version
+        return {"services": [s.discovery(version) for s in self.services.values()]}
 
     def service(self, service_id: str) -> ServiceDefinition:
         service = self.services.get(service_id)
@@ -112,7 +117,11 @@ class CdsEngine:
         )
 
         cards = [self.renderer.render(f, lang, patient_id) for f in findings]
-        order = sorted(range(len(cards)), key=lambda i: INDICATORS.index(cards[i]["indicator"]))
+        # Most urgent first; among equals, by rule id (a stable order EHRs can rely on).
+        order = sorted(
+            range(len(cards)),
+            key=lambda i: (INDICATORS.index(cards[i]["indicator"]), findings[i].rule),
+        )
         issued = tuple(
             IssuedCard(
                 uuid=cards[i]["uuid"],

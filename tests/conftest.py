@@ -217,3 +217,14 @@ def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def by_rule(cards: list[dict[str, Any]], rule: str) -> dict[str, Any]:
+    """The one card of `rule` in a response."""
+    found = [c for c in cards if c["source"]["topic"]["code"] == rule]
+    assert len(found) == 1, (rule, [c["source"]["topic"]["code"] for c in cards])
+    return found[0]
+
+
+def expected_indicators(name: str, hook: str = "patient-view") -> list[str]:
+    return [c["indicator"] for c in load_expected(name, hook)["cards"]]

@@ -15,6 +15,8 @@ SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 LOINC = "http://loinc.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+ATC = "http://www.whocc.no/atc"
+V3 = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
 
 def when(days_ago: float) -> str:
@@ -66,9 +68,16 @@ def condition(
 
 
 def observation(
-    code: str, value: float, unit: str, days_ago: float, rid: str = "o1", status: str = "final"
+    code: str,
+    value: float,
+    unit: str,
+    days_ago: float,
+    rid: str = "o1",
+    status: str = "final",
+    high: float | None = None,
+    flags: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    return {
+    res: dict[str, Any] = {
         "resourceType": "Observation",
         "id": rid,
         "status": status,
@@ -77,6 +86,33 @@ def observation(
         "effectiveDateTime": when(days_ago),
         "valueQuantity": {"value": value, "unit": unit},
     }
+    if high is not None:
+        res["referenceRange"] = [{"high": {"value": high, "unit": unit}}]
+    if flags:
+        res["interpretation"] = [{"coding": [{"system": V3, "code": f} for f in flags]}]
+    return res
+
+
+def antibody(code: str, text: str, days_ago: float = 30, rid: str = "ab") -> dict[str, Any]:
+    """A qualitative antibody result reported as text ("Positive", "Negative")."""
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "status": "final",
+        "subject": {"reference": f"Patient/{PID}"},
+        "code": {"coding": [{"system": LOINC, "code": code}]},
+        "effectiveDateTime": when(days_ago),
+        "valueCodeableConcept": {"text": text},
+    }
+
+
+def drug(
+    code: str, rid: str = "m1", system: str = RXNORM, status: str = "active"
+) -> dict[str, Any]:
+    """An order coded with one RxNorm (default) or ATC code."""
+    return medication(
+        status, rid, medicationCodeableConcept={"coding": [{"system": system, "code": code}]}
+    )
 
 
 def egfr(

@@ -17,6 +17,7 @@ from tests.conftest import (
     SEKMET_TOKEN,
     SERVICE_URL,
     app_with,
+    expected_indicators,
     fixture_names,
     load_request,
 )
@@ -26,6 +27,7 @@ TOKEN = "secret-access-token-5d1c"
 REQUEST = load_request("02-aluminium-egfr-22")
 PATIENT_ID = REQUEST["context"]["patientId"]
 KEYS = ("patient", "conditions", "observations", "medications")
+EXPECTED_02 = expected_indicators("02-aluminium-egfr-22")  # with the full prefetch
 
 
 def prefetched(key: str) -> dict[str, Any]:
@@ -84,7 +86,7 @@ def indicators(response: Any) -> list[str]:
 def test_missing_keys_are_fetched_with_the_bearer_token(tmp_path: Path) -> None:
     with StubFhirServer(ehr_routes()) as stub:
         response = call(tmp_path, stub, drop=KEYS)
-    assert indicators(response) == ["critical", "info"]
+    assert indicators(response) == EXPECTED_02
     assert len(stub.seen) == 4
     for seen in stub.seen:
         assert seen.headers["Authorization"] == f"Bearer {TOKEN}"
@@ -104,7 +106,7 @@ def test_operation_outcome_key_is_fetched(tmp_path: Path) -> None:
         body["prefetch"]["medications"] = body_outcome
         body["fhirServer"] = stub.base_url
         response = post(tmp_path, body, fhir_servers=(stub.base_url,))
-    assert indicators(response) == ["critical", "info"]
+    assert indicators(response) == EXPECTED_02
     assert [s.path.split("?")[0] for s in stub.seen] == ["/fhir/MedicationRequest"]
     assert "Authorization" not in stub.seen[0].headers  # no fhirAuthorization, no token
 
@@ -197,7 +199,7 @@ def test_queries_run_concurrently(tmp_path: Path) -> None:
     # Four queries of 0.4 s each fit a 1.0 s deadline only if they run at the same time.
     with StubFhirServer(ehr_routes(), delay_s=0.4) as stub:
         response = call(tmp_path, stub, drop=KEYS, fhir_timeout_ms=1000, fhir_deadline_ms=1000)
-    assert indicators(response) == ["critical", "info"]
+    assert indicators(response) == EXPECTED_02
 
 
 # --------------------------------------------------------------------------- paging
@@ -221,7 +223,7 @@ def test_next_links_are_followed(tmp_path: Path) -> None:
     with StubFhirServer() as stub:
         stub.routes.update(paged_routes(stub.base_url))
         response = call(tmp_path, stub, drop=("medications",))
-    assert indicators(response) == ["critical", "info"]  # the order was on page 3
+    assert indicators(response) == EXPECTED_02  # the order was on page 3
     assert [s.path for s in stub.seen][-1] == "/fhir/MedicationRequest?page=3"
     assert all(s.headers["Authorization"] == f"Bearer {TOKEN}" for s in stub.seen)
 
@@ -231,7 +233,8 @@ def test_page_limit_stops_paging(tmp_path: Path, caplog: pytest.LogCaptureFixtur
         stub.routes.update(paged_routes(stub.base_url))
         with caplog.at_level(logging.WARNING):
             response = call(tmp_path, stub, drop=("medications",), fhir_page_limit=2)
-    assert indicators(response) == ["info"]  # page 3, with the order, was not read
+    # Page 3, with the aluminium order, was not read: no critical card.
+    assert indicators(response) == [i for i in EXPECTED_02 if i != "critical"]
     assert len(stub.seen) == 2
     assert "stopped at 2 pages: key=medications" in caplog.text
 

@@ -11,11 +11,25 @@ import yaml
 
 from cds_service.cards import SUMMARY_MAX, CardContentError, CardLibrary, Renderer, md_escape
 from cds_service.fhir.record import DataNote
+from cds_service.knowledge.safety import table_valuesets
 from cds_service.rules import RULES
 from cds_service.settings import DEFAULT_CARDS_DIR
 from cds_service.terminology import VALUESET_DIR, Terminology, TerminologyError
 from tests.conftest import FIXTURES, NOW, assert_valid_response
-from tests.helpers import ICD10CM, SNOMED, condition, creatinine, egfr, medication, patient, record
+from tests.helpers import (
+    ATC,
+    ICD10CM,
+    SNOMED,
+    antibody,
+    condition,
+    creatinine,
+    drug,
+    egfr,
+    medication,
+    observation,
+    patient,
+    record,
+)
 
 TERMINOLOGY = Terminology.load()
 LIBRARY = CardLibrary(DEFAULT_CARDS_DIR, TERMINOLOGY)
@@ -41,6 +55,62 @@ VARIANT_RECORDS = {
     ],
     ("calcinosis-context", "management"): [
         record(condition(SNOMED, "89155008", rid="s"), condition(ICD10CM, "L94.2", rid="c"))
+    ],
+    ("calcinosis-context", "management-other-ctd"): [
+        record(condition(SNOMED, "396230008", rid="d"), condition(ICD10CM, "L94.2", rid="c")),
+        record(condition(SNOMED, "55464009", rid="l"), condition(ICD10CM, "L94.2", rid="c")),
+    ],
+    ("calcinosis-risk-screening", "risk-factors"): [
+        record(patient("male"), condition(SNOMED, "89155008")),
+        record(patient(), condition(SNOMED, "89155008"), antibody("31290-0", "Positive")),
+    ],
+    ("calcinosis-workup", "missing-tests"): [record(patient(), condition(ICD10CM, "L94.2"))],
+    ("calcinosis-type", "metastatic"): [
+        record(
+            patient(),
+            condition(ICD10CM, "L94.2"),
+            observation("17861-6", 11.6, "mg/dL", 5, "ca", high=10.2, flags=("H",)),
+            observation("2777-1", 6.5, "mg/dL", 5, "p", high=4.5),
+        )
+    ],
+    ("calcinosis-type", "dialysis"): [
+        record(
+            patient(), condition(ICD10CM, "L94.2", rid="c"), condition(ICD10CM, "Z99.2", rid="d")
+        )
+    ],
+    ("colchicine-renal", "severe-renal"): [record(patient(), drug("2683"), egfr(25))],
+    ("colchicine-interaction", "interaction"): [
+        record(patient(), drug("2683", "c"), drug("3443", "d"), egfr(80)),
+        record(patient(), drug("2683", "c"), drug("3443", "d"), egfr(40)),  # moderate: no CI
+    ],
+    ("colchicine-interaction", "contraindicated"): [
+        record(patient(), drug("2683", "c"), drug("21212", "k"), egfr(45)),
+        record(patient(), drug("2683", "c"), drug("3008", "k"), condition(SNOMED, "59927004")),
+    ],
+    ("bisphosphonate-renal", "not-recommended"): [record(patient(), drug("46041"), egfr(32))],
+    ("bisphosphonate-renal", "contraindicated"): [
+        record(patient(), drug("M05BA08", system=ATC), egfr(32))
+    ],
+    ("bisphosphonate-oesophageal", "caution"): [
+        record(patient(), drug("46041"), condition(SNOMED, "235595009"), egfr(80))
+    ],
+    ("probenecid-renal", "ineffective"): [record(patient(), drug("8698"), egfr(30))],
+    ("probenecid-nephrolithiasis", "caution"): [
+        record(patient(), drug("8698"), condition(SNOMED, "95570007"), egfr(80))
+    ],
+    ("ccb-hypotension", "contraindicated"): [
+        record(patient(), drug("3443"), observation("8480-6", 85, "mm[Hg]", 2, "bp")),
+        record(patient(), drug("11170"), condition(SNOMED, "45007003")),
+    ],
+    ("ccb-av-block", "contraindicated"): [
+        record(patient(), drug("11170"), condition(SNOMED, "195042002"))
+    ],
+    ("warfarin-minocycline", "interaction"): [
+        record(patient(), drug("11289", "w"), drug("6980", "m"))
+    ],
+    ("calcium-vitamin-d-calcinosis", "review"): [
+        record(patient(), drug("1897"), condition(ICD10CM, "L94.2")),
+        record(patient(), drug("2418"), condition(ICD10CM, "L94.2")),
     ],
 }
 
@@ -204,3 +274,32 @@ def test_unknown_renal_status_says_why() -> None:
     nothing = record(patient(), medication())
     card = RENDERER.render(RULES["aluminium-hydroxide-renal"](nothing)[0], "en", "p1")
     assert "no eGFR, creatinine or coded renal condition" in card["detail"]
+
+
+def test_french_typography_before_colons() -> None:
+    rec = record(patient(), medication(), egfr(22))
+    fr = RENDERER.render(RULES["aluminium-hydroxide-renal"](rec)[0], "fr", "p1")["detail"]
+    en = RENDERER.render(RULES["aluminium-hydroxide-renal"](rec)[0], "en", "p1")["detail"]
+    assert "**Niveau de preuve** : " in fr
+    assert "**Evidence level**: " in en
+
+
+def test_unreadable_unit_is_said_on_the_workup_card() -> None:
+    rec = record(
+        patient(),
+        condition(ICD10CM, "L94.2"),
+        observation("17861-6", 2.4, "mEq/L", 10, "ca-odd"),  # not a unit the service reads
+    )
+    card = RENDERER.render(RULES["calcinosis-workup"](rec)[0], "en", "p1")
+    assert "Not interpreted" in card["detail"]
+    assert "mEq/L" in card["detail"]
+
+
+def test_rule_catalogue_lists_every_rule() -> None:
+    catalogue = (DEFAULT_CARDS_DIR.parent / "docs" / "knowledge.md").read_text(encoding="utf-8")
+    for rule in RULES:
+        assert f"`{rule}`" in catalogue, rule
+
+
+def test_safety_table_names_only_existing_value_sets() -> None:
+    assert table_valuesets() <= set(TERMINOLOGY.valuesets)

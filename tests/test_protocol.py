@@ -14,7 +14,13 @@ from flask.testing import FlaskClient
 from cds_service.app import create_app
 from cds_service.hooks.services import SERVICES_FILE
 from cds_service.hooks.validation import violations
-from tests.conftest import SERVICE_URL, assert_valid_response, load_request, make_settings
+from tests.conftest import (
+    SERVICE_URL,
+    assert_valid_response,
+    by_rule,
+    load_request,
+    make_settings,
+)
 
 FEEDBACK_URL = f"{SERVICE_URL}/feedback"
 SANDBOX = "https://sandbox.cds-hooks.org"
@@ -141,7 +147,8 @@ def test_feedback_is_stored_with_rule_and_knowledge_version(
     app: Flask, client: FlaskClient
 ) -> None:
     cards = client.post(SERVICE_URL, json=load_request("02-aluminium-egfr-22")).json["cards"]
-    critical, info = cards
+    critical = by_rule(cards, "aluminium-hydroxide-renal")
+    info = by_rule(cards, "calcinosis-context")
     body = {
         "feedback": [
             {

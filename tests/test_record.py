@@ -233,3 +233,8 @@ def test_patient_age_and_sex() -> None:
     rec = record(patient("male", "1960-11-24"))
     assert rec.patient.sex == "male"
     assert rec.patient.age_on(rec.now.date()) == 65  # birthday tomorrow
+
+
+def test_ligatures_are_read_as_two_letters() -> None:
+    rec = record(condition("", "", text="Œsophagite peptique"))
+    assert rec.has_condition("oesophageal-disease")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from flask.testing import FlaskClient
 
-from cds_service.rules import RULES, aluminium_hydroxide_renal, calcinosis_context
+from cds_service.knowledge.safety import load_table
+from cds_service.rules import RULES, calcinosis_context
 from tests.conftest import SERVICE_URL, load_request
 from tests.helpers import ICD10CM, SNOMED, condition, egfr, medication, patient, record
 
@@ -22,7 +23,7 @@ from tests.helpers import ICD10CM, SNOMED, condition, egfr, medication, patient,
     ],
 )
 def test_aluminium_thresholds(egfr_value: float, variant: str | None) -> None:
-    findings = aluminium_hydroxide_renal.evaluate(record(patient(), medication(), egfr(egfr_value)))
+    findings = RULES["aluminium-hydroxide-renal"](record(patient(), medication(), egfr(egfr_value)))
     assert [f.variant for f in findings] == ([variant] if variant else [])
 
 
@@ -40,7 +41,7 @@ def test_aluminium_thresholds(egfr_value: float, variant: str | None) -> None:
     ids=["dialysis", "ckd5", "ckd3b", "unstaged", "stale-normal", "stale-low", "unknown"],
 )
 def test_aluminium_renal_situations(resources: tuple, variant: str) -> None:
-    findings = aluminium_hydroxide_renal.evaluate(record(patient(), medication(), *resources))
+    findings = RULES["aluminium-hydroxide-renal"](record(patient(), medication(), *resources))
     assert [f.variant for f in findings] == [variant]
 
 
@@ -59,11 +60,11 @@ def test_stale_severe_card_shows_the_date_of_the_old_result(client: FlaskClient)
 
 def test_aluminium_one_finding_per_order_and_none_without_order() -> None:
     two = record(patient(), medication(rid="a"), medication(rid="b"), egfr(20))
-    assert [f.facts["drug"].ref for f in aluminium_hydroxide_renal.evaluate(two)] == [
+    assert [f.facts["drug"].ref for f in RULES["aluminium-hydroxide-renal"](two)] == [
         "MedicationRequest/a",
         "MedicationRequest/b",
     ]
-    assert aluminium_hydroxide_renal.evaluate(record(patient(), egfr(10))) == []
+    assert RULES["aluminium-hydroxide-renal"](record(patient(), egfr(10))) == []
 
 
 def test_calcinosis_context_needs_both_conditions() -> None:
@@ -74,9 +75,11 @@ def test_calcinosis_context_needs_both_conditions() -> None:
     assert calcinosis_context.evaluate(record(calc)) == []
 
 
-def test_every_rule_module_documents_its_source() -> None:
-    for module in (aluminium_hydroxide_renal, calcinosis_context):
+def test_every_rule_documents_its_source() -> None:
+    for module in (calcinosis_context,):
         doc = module.__doc__ or ""
         assert "seed 00" in doc
         assert "When" in doc
-    assert set(RULES) == {"aluminium-hydroxide-renal", "calcinosis-context"}
+    for rule in load_table().values():
+        assert rule.sources
+    assert "aluminium-hydroxide-renal" in RULES

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from cds_service.errors import InputError
 from cds_service.fhir import units
 from cds_service.knowledge import renal
-from cds_service.terminology import Match, Terminology
+from cds_service.terminology import Match, Terminology, normalise_text
 
 INACTIVE_CLINICAL = frozenset({"inactive", "remission", "resolved"})
 EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
@@ -82,7 +82,7 @@ class ConditionFact:
 
 @dataclass(frozen=True)
 class LabResult:
-    concept: str  # value set id: "egfr", "creatinine"
+    concept: str  # value set id: "egfr", "creatinine", "calcium"...
     value: float  # in the canonical unit of the concept
     unit: str  # canonical unit label
     measured_value: float
@@ -90,6 +90,31 @@ class LabResult:
     when: datetime
     ref: str
     code: str | None  # the LOINC code it was recognised by
+    high: float | None = None  # upper reference limit, canonical unit, when the lab sent one
+    flags: frozenset[str] = frozenset()  # interpretation codes (H, HH, POS...)
+    focus: tuple[str, ...] = ()  # references in Observation.focus (e.g. the lesion's Condition)
+
+    @property
+    def above_range(self) -> bool:
+        """Flagged high by the lab, or above the upper limit it sent."""
+        return bool(self.flags & {"H", "HH", "HU"}) or (
+            self.high is not None and self.value > self.high
+        )
+
+
+@dataclass(frozen=True)
+class CodedResult:
+    """A qualitative observation (antibody, smoking status): what the lab or clinician said."""
+
+    concept: str
+    when: datetime
+    ref: str
+    code: str | None
+    values: tuple[tuple[str, str], ...]  # (system, code) of valueCodeableConcept
+    text: str  # normalised text of the value (valueString / valueCodeableConcept)
+    flags: frozenset[str]
+    quantity: float | None = None
+    high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +152,7 @@ class PatientRecord:
     renal: renal.RenalStatus
     # Draft orders under review (order-select / order-sign); None at patient-view.
     drafts: tuple[MedicationFact, ...] | None = None
+    results: Mapping[str, CodedResult] = field(default_factory=dict)  # latest per concept
 
     def conditions_in(self, valueset: str) -> list[ConditionFact]:
         return [c for c in self.conditions if valueset in c.valuesets]
@@ -333,13 +359,20 @@ def build_record(
                 draft_facts.append(fact)
 
     labs: dict[str, LabResult] = {}
+    results: dict[str, CodedResult] = {}
     for concept, candidates in observations.items():
         # Newest first; on equal times the first in the prefetch wins (sorted() is stable).
         for when, item, match in sorted(candidates, key=lambda c: c[0], reverse=True):
-            result = _lab_result(concept, when, item, match, notes)
-            if result is not None:
-                labs[concept] = result
-                break
+            if units.is_quantitative(concept):
+                result = _lab_result(concept, when, item, match, notes)
+                if result is not None:
+                    labs[concept] = result
+                    break
+            else:
+                coded = _coded_result(concept, when, item, match)
+                if coded is not None:
+                    results[concept] = coded
+                    break
 
     status = renal.assess(patient, labs.get("egfr"), labs.get("creatinine"), conditions, now)
     return PatientRecord(
@@ -351,6 +384,7 @@ def build_record(
         notes=tuple(notes),
         renal=status,
         drafts=tuple(draft_facts) if draft_facts is not None else None,
+        results=results,
     )
 
 
@@ -450,6 +484,80 @@ def _lab_result(
         when=when,
         ref=_ref(res),
         code=match.code,
+        high=_upper_limit(concept, res, spellings),
+        flags=_interpretation(res),
+        focus=tuple(
+            f["reference"]
+            for f in res.get("focus") or ()
+            if isinstance(f, Mapping) and isinstance(f.get("reference"), str)
+        ),
+    )
+
+
+def _interpretation(res: Mapping[str, Any]) -> frozenset[str]:
+    codes = set()
+    for concept in res.get("interpretation") or ():
+        for coding in (concept.get("coding") or ()) if isinstance(concept, Mapping) else ():
+            if isinstance(coding, Mapping) and isinstance(coding.get("code"), str):
+                codes.add(coding["code"])
+    return frozenset(codes)
+
+
+def _upper_limit(concept: str, res: Mapping[str, Any], spellings: list[str]) -> float | None:
+    """The first reference range's upper limit, in the canonical unit (its own unit, else the
+    value's)."""
+    ranges = res.get("referenceRange")
+    if not isinstance(ranges, list) or not ranges or not isinstance(ranges[0], Mapping):
+        return None
+    high = ranges[0].get("high")
+    if not isinstance(high, Mapping) or high.get("value") is None:
+        return None
+    own = [u for u in (high.get("code"), high.get("unit")) if isinstance(u, str)]
+    return units.to_canonical(concept, float(high["value"]), own or spellings)
+
+
+def _coded_result(concept: str, when: datetime, item: Located, match: Match) -> CodedResult | None:
+    res = item.resource
+    _validate(item)
+    value = res.get("valueCodeableConcept")
+    values: list[tuple[str, str]] = []
+    texts: list[str] = []
+    if isinstance(value, Mapping):
+        for coding in value.get("coding") or ():
+            if isinstance(coding, Mapping):
+                if isinstance(coding.get("system"), str) and isinstance(coding.get("code"), str):
+                    values.append((coding["system"], coding["code"]))
+                if isinstance(coding.get("display"), str):
+                    texts.append(coding["display"])
+        if isinstance(value.get("text"), str):
+            texts.append(value["text"])
+    if isinstance(res.get("valueString"), str):
+        texts.append(res["valueString"])
+    quantity = res.get("valueQuantity")
+    amount = (
+        float(quantity["value"])
+        if isinstance(quantity, Mapping) and quantity.get("value") is not None
+        else None
+    )
+    high = None
+    ranges = res.get("referenceRange")
+    if isinstance(ranges, list) and ranges and isinstance(ranges[0], Mapping):
+        limit = ranges[0].get("high")
+        if isinstance(limit, Mapping) and limit.get("value") is not None:
+            high = float(limit["value"])
+    flags = _interpretation(res)
+    if not values and not texts and amount is None and not flags:
+        return None
+    return CodedResult(
+        concept=concept,
+        when=when,
+        ref=_ref(res),
+        code=match.code,
+        values=tuple(values),
+        text=normalise_text(" ".join(texts)),
+        flags=flags,
+        quantity=amount,
+        high=high,
     )
 
 

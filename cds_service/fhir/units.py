@@ -3,7 +3,10 @@
 A unit that is not in the table is never guessed: `to_canonical` returns None and the caller
 records that the value could not be interpreted.
 
-Factors: creatinine 1 mg/dL = 88.4 umol/L (shared/clinical/README.md, "Unit factors").
+Factors (shared/clinical/README.md, "Unit factors"): creatinine 1 mg/dL = 88.4 umol/L;
+calcium 1 mmol/L = 4.008 mg/dL; phosphate 1 mmol/L = 3.097 mg/dL. From molar masses:
+25-hydroxyvitamin D 1 ng/mL = 2.496 nmol/L (400.6 g/mol); PTH(1-84) 1 pmol/L = 9.43 pg/mL
+(9425 g/mol). Mass units that differ only by scale (ng/L = pg/mL, ug/L = ng/mL) are equal.
 """
 
 from __future__ import annotations
@@ -12,13 +15,24 @@ import re
 from dataclasses import dataclass
 
 CREATININE_UMOL_PER_MG_DL = 88.4
+CALCIUM_MG_DL_PER_MMOL_L = 4.008
+PHOSPHATE_MG_DL_PER_MMOL_L = 3.097
+VITAMIN_D_NMOL_L_PER_NG_ML = 2.496
+PTH_PG_ML_PER_PMOL_L = 9.43
 
 
 @dataclass(frozen=True)
 class CanonicalUnit:
     label: str  # how the unit is written in cards
     factors: dict[str, float]  # normalised unit spelling -> multiplier to the canonical unit
+    decimals: int = 1  # how many decimals a card shows
 
+
+_CALCIUM = {
+    "mg/dl": 1.0,
+    "mmol/l": CALCIUM_MG_DL_PER_MMOL_L,
+    "mg/l": 0.1,
+}
 
 CANONICAL: dict[str, CanonicalUnit] = {
     "creatinine": CanonicalUnit(
@@ -29,6 +43,7 @@ CANONICAL: dict[str, CanonicalUnit] = {
             "micromol/l": 1 / CREATININE_UMOL_PER_MG_DL,
             "mmol/l": 1000 / CREATININE_UMOL_PER_MG_DL,
         },
+        decimals=2,
     ),
     "egfr": CanonicalUnit(
         "mL/min/1.73 m²",
@@ -38,7 +53,25 @@ CANONICAL: dict[str, CanonicalUnit] = {
             "ml/min/1.73sq.m": 1.0,
             "ml/min/1.73msq": 1.0,
         },
+        decimals=0,
     ),
+    "calcium": CanonicalUnit("mg/dL", _CALCIUM),
+    # Ionised calcium is read in mmol/L (the unit it is usually reported in).
+    "calcium-ionised": CanonicalUnit(
+        "mmol/L", {"mmol/l": 1.0, "mg/dl": 1 / CALCIUM_MG_DL_PER_MMOL_L}, decimals=2
+    ),
+    "phosphate": CanonicalUnit(
+        "mg/dL", {"mg/dl": 1.0, "mmol/l": PHOSPHATE_MG_DL_PER_MMOL_L, "mg/l": 0.1}
+    ),
+    "pth": CanonicalUnit(
+        "pg/mL", {"pg/ml": 1.0, "ng/l": 1.0, "pmol/l": PTH_PG_ML_PER_PMOL_L}, decimals=0
+    ),
+    "vitamin-d": CanonicalUnit(
+        "ng/mL",
+        {"ng/ml": 1.0, "ug/l": 1.0, "nmol/l": 1 / VITAMIN_D_NMOL_L_PER_NG_ML},
+        decimals=0,
+    ),
+    "systolic-bp": CanonicalUnit("mm Hg", {"mm[hg]": 1.0, "mmhg": 1.0}, decimals=0),
 }
 
 
@@ -47,6 +80,10 @@ def normalise_unit(unit: str) -> str:
     u = unit.strip().lower()
     u = u.replace("µ", "u").replace("μ", "u").replace("²", "2").replace(",", ".")
     return re.sub(r"[\s{}_^*]", "", u)
+
+
+def is_quantitative(concept: str) -> bool:
+    return concept in CANONICAL
 
 
 def to_canonical(concept: str, value: float, units: list[str]) -> float | None:
@@ -64,3 +101,7 @@ def to_canonical(concept: str, value: float, units: list[str]) -> float | None:
 
 def canonical_label(concept: str) -> str:
     return CANONICAL[concept].label
+
+
+def decimals(concept: str) -> int:
+    return CANONICAL[concept].decimals

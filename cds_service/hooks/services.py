@@ -17,6 +17,8 @@ from cds_service.rules import RULES
 from cds_service.terminology import LOINC, Terminology
 
 SERVICES_FILE = Path(__file__).resolve().parent / "services.yaml"
+# CDS Hooks extensions are namespaced; this one carries the version of the clinical knowledge.
+KNOWLEDGE_VERSION_EXTENSION = "calcinosis-cds.knowledge-version"
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class ServiceDefinition:
     rules: tuple[str, ...]
     usage_requirements: str | None = None
 
-    def discovery(self) -> dict[str, Any]:
+    def discovery(self, knowledge_version: str | None = None) -> dict[str, Any]:
         """This service as the discovery endpoint describes it."""
         entry: dict[str, Any] = {
             "hook": self.hook,
@@ -40,6 +42,8 @@ class ServiceDefinition:
         }
         if self.usage_requirements:
             entry["usageRequirements"] = self.usage_requirements
+        if knowledge_version:
+            entry["extension"] = {KNOWLEDGE_VERSION_EXTENSION: knowledge_version}
         return entry
 
 
@@ -55,13 +59,21 @@ def _template(key: str, spec: Any, terminology: Terminology) -> str:
     raise ValueError(f"services.yaml: prefetch {key!r} must be a query or an Observation spec")
 
 
+def _flatten(items: Any) -> list[str]:
+    """Rule lists may nest (a YAML anchor shares the safety rules between services)."""
+    if isinstance(items, str):
+        return [items]
+    return [rule for item in items for rule in _flatten(item)]
+
+
 def load_services(
     terminology: Terminology, path: Path = SERVICES_FILE
 ) -> dict[str, ServiceDefinition]:
     """All service definitions, keyed by id (checked against the rule registry)."""
     services: dict[str, ServiceDefinition] = {}
     for raw in yaml.safe_load(path.read_text(encoding="utf-8")):
-        unknown = [r for r in raw["rules"] if r not in RULES]
+        rules = _flatten(raw["rules"])
+        unknown = [r for r in rules if r not in RULES]
         if unknown:
             raise ValueError(f"services.yaml: {raw['id']} names unknown rules {unknown}")
         services[raw["id"]] = ServiceDefinition(
@@ -70,7 +82,7 @@ def load_services(
             title=raw["title"],
             description=raw["description"],
             prefetch={k: _template(k, v, terminology) for k, v in raw["prefetch"].items()},
-            rules=tuple(raw["rules"]),
+            rules=tuple(rules),
             usage_requirements=raw.get("usageRequirements"),
         )
     return services

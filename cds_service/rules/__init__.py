@@ -1,8 +1,10 @@
 """Clinical rules: pure functions from a patient record to findings.
 
-Each rule is one module with a docstring that quotes its sources and states When / Then, a
-``RULE_ID`` and an ``evaluate(record) -> list[Finding]``. A rule never sees raw JSON, never
-builds card text and never does I/O. `RULES` is the registry the service definitions name.
+Each calcinosis rule is one module with a docstring that quotes its sources and states When /
+Then, a ``RULE_ID`` and an ``evaluate(record) -> list[Finding]``. The treatment-safety rules are
+rows of one data table (knowledge/safety.yaml) read by one engine (treatment_safety.py). A rule
+never sees raw JSON, never builds card text and never does I/O. `RULES` is the registry the
+service definitions name.
 """
 
 from __future__ import annotations
@@ -10,13 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from cds_service.fhir.record import PatientRecord
-from cds_service.rules import aluminium_hydroxide_renal, calcinosis_context
+from cds_service.rules import (
+    calcinosis_context,
+    calcinosis_risk_screening,
+    calcinosis_type,
+    calcinosis_workup,
+)
 from cds_service.rules.base import Finding
+from cds_service.rules.treatment_safety import table_rules
 
 Rule = Callable[[PatientRecord], list[Finding]]
 
+# Calcinosis rules, one module each; treatment-safety rules, one engine over a data table.
+MODULES = (calcinosis_context, calcinosis_risk_screening, calcinosis_workup, calcinosis_type)
 RULES: dict[str, Rule] = {
-    module.RULE_ID: module.evaluate for module in (aluminium_hydroxide_renal, calcinosis_context)
+    **{module.RULE_ID: module.evaluate for module in MODULES},
+    **table_rules(),
 }
 
 

@@ -16,12 +16,15 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 VALUESET_DIR = Path(__file__).resolve().parent / "valuesets"
+# libyaml's loader when the platform has it (several times faster), else the pure-Python one.
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
@@ -30,6 +33,7 @@ ATC = "http://www.whocc.no/atc"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
 UCUM = "http://unitsofmeasure.org"
+V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
 ICD_SYSTEMS = frozenset({ICD10CM, ICD10})
 SYSTEM_LABELS = {
@@ -39,6 +43,9 @@ SYSTEM_LABELS = {
     ATC: "ATC",
     ICD10CM: "ICD-10-CM",
     ICD10: "ICD-10",
+    "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation": (
+        "HL7 v3 ObservationInterpretation"
+    ),
 }
 RESOURCE_TYPES = frozenset({"Condition", "Observation", "MedicationRequest", "ServiceRequest"})
 
@@ -50,6 +57,8 @@ class TerminologyError(ValueError):
 def normalise_text(text: str) -> str:
     """Lower-case, strip accents and punctuation, collapse spaces: "Hydroxyde d'Aluminium" ->
     "hydroxyde d aluminium"."""
+    # Ligatures first: NFKD leaves "œ" and "æ" whole, and they would become spaces.
+    text = text.replace("œ", "oe").replace("Œ", "OE").replace("æ", "ae").replace("Æ", "AE")
     decomposed = unicodedata.normalize("NFKD", text)
     no_accents = "".join(c for c in decomposed if not unicodedata.combining(c))
     return " ".join(re.sub(r"[^0-9a-z]+", " ", no_accents.lower()).split())
@@ -107,7 +116,7 @@ class Match:
 
 def _load_valueset(path: Path) -> ValueSet:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=YAML_LOADER)  # noqa: S506
     except yaml.YAMLError as exc:
         raise TerminologyError(f"{path.name}: not valid YAML: {exc}") from exc
     where = path.name
@@ -147,6 +156,11 @@ def _load_valueset(path: Path) -> ValueSet:
     )
 
 
+@cache
+def _load_terminology(directory: Path) -> Terminology:
+    return Terminology(_load_valueset(p) for p in sorted(directory.glob("*.yaml")))
+
+
 class Terminology:
     """All value sets, indexed once at start-up for constant-time lookups per coding."""
 
@@ -169,7 +183,9 @@ class Terminology:
 
     @classmethod
     def load(cls, directory: Path = VALUESET_DIR) -> Terminology:
-        return cls(_load_valueset(p) for p in sorted(directory.glob("*.yaml")))
+        """The value sets of `directory`, read once per process (they never change while it
+        runs; treat the result as read-only)."""
+        return _load_terminology(directory)
 
     def __getitem__(self, valueset_id: str) -> ValueSet:
         return self.valuesets[valueset_id]

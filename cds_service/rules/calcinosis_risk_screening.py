@@ -1,0 +1,71 @@
+"""Calcinosis risk screening in systemic sclerosis.
+
+Sources: seed 001 (Scleroderma Manitoba, 2024): calcinosis affects 20-40 % of SSc; risk factors
+are male sex, digital ulcers, osteoporosis, internal-organ involvement (especially pulmonary
+fibrosis), anti-centromere, anti-PM-Scl and anti-RNA-polymerase-III antibodies and long disease
+duration; diagnosis by examination and plain radiographs. Seed 003: 25-40 % of limited
+cutaneous SSc develop calcinosis after 10 years. Evidence level: observational cohorts
+summarised in a patient article.
+
+When: active SSc, no active documented calcinosis, and at least one risk factor.
+Then: an `info` card listing the factors found, suggesting examination and hand radiographs.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cds_service.fhir.record import CodedResult, PatientRecord
+from cds_service.knowledge.loader import thresholds
+from cds_service.rules.base import Finding
+
+RULE_ID = "calcinosis-risk-screening"
+RISK_CONDITIONS = ("digital-ulcer", "osteoporosis", "interstitial-lung-disease")
+ANTIBODIES = ("anti-centromere", "anti-pm-scl", "anti-rna-polymerase-iii")
+POSITIVE_FLAGS = frozenset({"POS", "H", "HH", "A", "DET"})
+POSITIVE_WORDS = ("positive", "positif", "detected", "detecte", "present")
+NEGATIVE_WORDS = ("negative", "negatif", "not detected", "non detecte", "absent", "undetected")
+
+
+def is_positive(result: CodedResult) -> bool:
+    """A qualitative result the lab called positive (flag, words or a value above range)."""
+    if result.flags & POSITIVE_FLAGS:
+        return True
+    text = f" {result.text} "
+    if any(f" {word} " in text for word in NEGATIVE_WORDS):
+        return False
+    if any(f" {word} " in text for word in POSITIVE_WORDS):
+        return True
+    return result.quantity is not None and result.high is not None and result.quantity > result.high
+
+
+def evaluate(record: PatientRecord) -> list[Finding]:
+    ssc = record.conditions_in("systemic-sclerosis")
+    if not ssc or record.has_condition("calcinosis"):
+        return []
+    factors: list[tuple[str, dict[str, object]]] = []
+    evidence: list[object] = []
+    if record.patient.sex == "male":
+        factors.append(("male-sex", {}))
+    for valueset in RISK_CONDITIONS:
+        found = record.conditions_in(valueset)
+        if found:
+            factors.append((valueset, {}))
+            evidence += found
+    for antibody in ANTIBODIES:
+        result = record.results.get(antibody)
+        if result is not None and is_positive(result):
+            factors.append((antibody, {}))
+            evidence.append(result)
+    onsets = [c.since for c in ssc if c.since is not None]
+    limit = thresholds()["calcinosis_risk"]["disease_duration_years"]
+    if onsets:
+        first = min(onsets)
+        years = (record.now.date() - first).days // 365
+        if record.now.date() - first > timedelta(days=round(365.25 * limit)):
+            factors.append(("disease-duration", {"years": years}))
+    if not factors:
+        return []
+    return [
+        Finding(RULE_ID, "risk-factors", facts={"factors": factors}, evidence=(*ssc, *evidence))
+    ]

@@ -1,0 +1,175 @@
+"""Treatment safety: one engine for the table of contraindications and cautions.
+
+The table is data (``knowledge/safety.yaml``): per rule, the drugs it checks, rows of
+criterion -> card variant, and the sources of each rule (drug labels and seeds). This module
+only reads the table and evaluates criteria against the patient record.
+
+When: an order under review (active at patient-view, draft at order-select / order-sign) of a
+rule's drugs, and a row's criterion holds (the first that holds wins).
+Then: one finding per order (per pair for interactions), naming the order, the criterion and
+its evidence. See the table for each rule's sources (seed 002, KDIGO, Colcrys, Cartia XT,
+Minocin and probenecid labels, bisphosphonate labels as quoted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cds_service.fhir.record import MedicationFact, PatientRecord
+from cds_service.knowledge.renal import RenalStatus
+from cds_service.knowledge.safety import CODED_STAGE_BOUND, Row, SafetyRule, load_table
+from cds_service.rules.base import Finding
+
+# --------------------------------------------------------------------------- criteria
+
+
+def renal_bound(renal: RenalStatus) -> float | None:
+    """The eGFR the renal status stands for (a stale result counts, with its date on the
+    card); None when nothing is known."""
+    if renal.dialysis:
+        return 0.0
+    if renal.source == "coded":
+        return CODED_STAGE_BOUND[renal.category]
+    if renal.source in ("measured", "computed"):
+        return renal.egfr
+    return None
+
+
+def _renal_evidence(record: PatientRecord) -> list[Any]:
+    renal = record.renal
+    return [renal, *[e for e in (renal.condition, renal.lab) if e is not None], *record.notes]
+
+
+def holds(when: Mapping[str, Any], record: PatientRecord) -> tuple[bool, list[Any]]:
+    """Whether a criterion holds, and the record facts that make it hold (the first one is
+    what the card calls the criterion)."""
+    evidence: list[Any] = []
+    for key, value in when.items():
+        ok, found = _one(key, value, record)
+        if not ok:
+            return False, []
+        evidence += found
+    return True, evidence
+
+
+def _one(key: str, value: Any, record: PatientRecord) -> tuple[bool, list[Any]]:
+    renal = record.renal
+    if key in ("renal_below", "renal_below_inclusive"):
+        bound = renal_bound(renal)
+        ok = bound is not None and (bound < value if key == "renal_below" else bound <= value)
+        return ok, _renal_evidence(record) if ok else []
+    if key == "renal_stale":
+        ok = renal.source in ("measured", "computed") and renal.stale
+        return ok, _renal_evidence(record) if ok else []
+    if key == "renal_unknown":
+        return (not renal.known), ([renal, *record.notes] if not renal.known else [])
+    if key == "condition":
+        found = [c for vs in value for c in record.conditions_in(vs)]
+        return bool(found), found
+    if key == "lab_below":
+        lab = record.labs.get(value["concept"])
+        recent = lab is not None and (record.now - lab.when).days <= value["max_age_days"]
+        ok = recent and lab is not None and lab.value < value["value"]
+        return ok, [lab] if ok else []
+    if key == "partner":
+        return True, []
+    if key == "any":
+        for sub in value:
+            ok, found = holds(sub, record)
+            if ok:
+                return True, found
+        return False, []
+    if key == "all":
+        evidence: list[Any] = []
+        for sub in value:
+            ok, found = holds(sub, record)
+            if not ok:
+                return False, []
+            evidence += found
+        return True, evidence
+    raise ValueError(f"unknown criterion {key}")  # load_table() prevents this
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def _first_row(
+    rule: SafetyRule,
+    record: PatientRecord,
+    order: MedicationFact,
+    partner: MedicationFact | None = None,
+) -> tuple[Row, list[Any]] | None:
+    for row in rule.rows:
+        if row.drug is not None and row.drug not in order.valuesets:
+            continue
+        if row.partners and (partner is None or not partner.valuesets & set(row.partners)):
+            continue
+        ok, evidence = holds(row.when, record)
+        if ok:
+            return row, evidence
+    return None
+
+
+def _finding(
+    rule: SafetyRule,
+    row: Row,
+    order: MedicationFact,
+    evidence: list[Any],
+    other: MedicationFact | None = None,
+) -> Finding:
+    facts: dict[str, Any] = {"drug": order, "renal": record_renal(evidence), **(row.params or {})}
+    if other is not None:
+        facts["other"] = other
+    if evidence:
+        facts["criterion"] = evidence[0]
+    listed = [e for e in evidence if not isinstance(e, RenalStatus)]
+    return Finding(
+        rule.id,
+        row.variant,
+        facts=facts,
+        evidence=tuple(dict.fromkeys([order, *([other] if other else []), *listed])),
+    )
+
+
+def record_renal(evidence: list[Any]) -> RenalStatus | None:
+    return next((e for e in evidence if isinstance(e, RenalStatus)), None)
+
+
+def _all_orders(record: PatientRecord) -> list[MedicationFact]:
+    return [*record.medications, *(record.drafts or ())]
+
+
+def evaluate_rule(rule: SafetyRule, record: PatientRecord) -> list[Finding]:
+    if not rule.interaction:
+        findings = []
+        for order in {o.ref: o for vs in rule.drugs for o in record.orders_in(vs)}.values():
+            first = _first_row(rule, record, order)
+            if first is not None:
+                findings.append(_finding(rule, first[0], order, first[1]))
+        return findings
+    under_review = {o.ref for vs in (*rule.drugs, *rule.partners) for o in record.orders_in(vs)}
+    orders = _all_orders(record)
+    drugs = [o for o in orders if o.valuesets & set(rule.drugs)]
+    partners = [o for o in orders if o.valuesets & set(rule.partners)]
+    findings = []
+    for drug in drugs:
+        for partner in partners:
+            if drug.ref == partner.ref or not {drug.ref, partner.ref} & under_review:
+                continue
+            first = _first_row(rule, record, drug, partner)
+            if first is None:
+                continue
+            # The card is about the order under review; the other one is the partner.
+            subject, other = (drug, partner) if drug.ref in under_review else (partner, drug)
+            findings.append(_finding(rule, first[0], subject, first[1], other))
+    return findings
+
+
+def table_rules() -> dict[str, Callable[[PatientRecord], list[Finding]]]:
+    """One rule callable per table entry, for the rule registry."""
+
+    def make(rule: SafetyRule) -> Callable[[PatientRecord], list[Finding]]:
+        return lambda record: evaluate_rule(rule, record)
+
+    return {rule_id: make(rule) for rule_id, rule in load_table().items()}
