@@ -31,10 +31,16 @@ from cds_service.fhir.record import (
 from cds_service.knowledge.renal import RenalStatus
 from cds_service.rules.base import Finding
 from cds_service.settings import SUPPORTED_LANGUAGES
-from cds_service.terminology import LOINC, YAML_LOADER, Terminology
+from cds_service.terminology import ATC, LOINC, RXNORM, YAML_LOADER, Terminology
 
 INDICATORS = ("critical", "warning", "info")  # most urgent first
-ACTION_KINDS = ("stop-medication", "order-lab", "order-missing-labs", "order-service")
+ACTION_KINDS = (
+    "stop-medication",
+    "order-lab",
+    "order-missing-labs",
+    "order-service",
+    "propose-medication",
+)
 RULE_SYSTEM = "urn:calcinosis-cds:rule"
 OVERRIDE_SYSTEM = "urn:calcinosis-cds:override-reason"
 SUMMARY_MAX = 139  # the spec: "<140-character summary"
@@ -108,10 +114,16 @@ class CardLibrary:
                     _text(sug["label_draft"], lang, f"{where}: suggestions.{key}.label_draft")
                 if sug.get("action") not in ACTION_KINDS:
                     raise CardContentError(f"{where}: suggestions.{key}: unknown action")
-                if sug["action"] == "order-lab" and sug.get("valueset") not in (
-                    self.terminology.valuesets
-                ):
+                if sug["action"] in ("order-lab", "propose-medication") and sug.get(
+                    "valueset"
+                ) not in (self.terminology.valuesets):
                     raise CardContentError(f"{where}: suggestions.{key}: unknown value set")
+                if sug["action"] == "propose-medication":
+                    _text(sug.get("dose"), lang, f"{where}: suggestions.{key}.dose")
+                if sug["action"] == "order-service":
+                    _text(sug.get("code_text"), lang, f"{where}: suggestions.{key}.code_text")
+            for feature, step in (data.get("steps") or {}).items():
+                _text(step, lang, f"{where}: steps.{feature}")
             for name, variant in (data.get("variants") or {}).items():
                 at = f"{where}: variants.{name}"
                 if variant.get("indicator") not in INDICATORS:
@@ -137,7 +149,7 @@ class Renderer:
     def render(self, finding: Finding, lang: str, patient_id: str) -> dict[str, Any]:
         content = self.library.cards[finding.rule]
         variant = content.variant(finding.variant)
-        fmt = _Formatter(self.library, lang)
+        fmt = _Formatter(self.library, lang, content.data.get("steps"))
         values = fmt.values(finding.facts)
         summary = " ".join(variant["summary"][lang].format_map(values).split())
         if len(summary) > SUMMARY_MAX:
@@ -213,6 +225,8 @@ class Renderer:
         patient_id: str,
     ) -> list[dict[str, Any]]:
         spec = content.data["suggestions"][key]
+        if "feature" in spec and spec["feature"] not in finding.facts.get("features", ()):
+            return []  # a suggestion for a lesion feature this patient does not have
         if spec["action"] == "order-missing-labs":  # one suggestion per missing test
             return [
                 self._suggestion(
@@ -258,6 +272,23 @@ class Renderer:
                 resource["status"] = "stopped"
                 resource["statusReason"] = {"text": spec["reason"][lang]}
                 action = {"type": "update", "description": label, "resource": resource}
+        elif spec["action"] == "propose-medication":
+            valueset = self.library.terminology[spec["valueset"]]
+            coding = valueset.first(RXNORM) or valueset.first(ATC)
+            medication: dict[str, Any] = {"text": valueset.title[lang]}
+            if coding is not None:
+                medication["coding"] = [
+                    {"system": coding.system, "code": coding.code, "display": coding.display}
+                ]
+            resource = {
+                "resourceType": "MedicationRequest",
+                "status": "draft",
+                "intent": "proposal",
+                "subject": {"reference": f"Patient/{patient_id}"},
+                "medicationCodeableConcept": medication,
+                "dosageInstruction": [{"text": spec["dose"][lang]}],
+            }
+            action = {"type": "create", "description": label, "resource": resource}
         elif spec["action"] == "order-service":  # coded by text: no verified code exists
             resource = _service_request(patient_id, {"text": spec["code_text"][lang]})
             action = {"type": "create", "description": label, "resource": resource}
@@ -295,10 +326,13 @@ def _service_request(patient_id: str, code: Mapping[str, Any]) -> dict[str, Any]
 class _Formatter:
     """Locale-aware formatting of record facts for one card."""
 
-    def __init__(self, library: CardLibrary, lang: str) -> None:
+    def __init__(
+        self, library: CardLibrary, lang: str, card_steps: Mapping[str, Any] | None = None
+    ) -> None:
         self.library = library
         self.common = library.common
         self.lang = lang
+        self.card_steps = card_steps  # the card's `steps` (lesion features), if any
 
     def t(self, *path: str) -> str:
         node: Any = self.common
@@ -354,6 +388,10 @@ class _Formatter:
             values["factor_count"] = str(len(lines))
         if "missing" in facts:
             values["missing"] = ", ".join(self.concept(m) for m in facts["missing"])
+        if "features" in facts:
+            steps = self.card_steps or {}
+            lines = [steps[f][self.lang] for f in facts["features"] if f in steps]
+            values["steps"] = "\n".join(f"- {line}" for line in lines)
         if "abnormalities" in facts:
             lines = [self.abnormality(key, fact) for key, fact in facts["abnormalities"]]
             values["abnormalities"] = "\n".join(f"- {line}" for line in lines)

@@ -148,3 +148,11 @@ def medication(status: str = "active", rid: str = "m1", **concept: Any) -> dict[
 def record(*resources: dict[str, Any], now: datetime = NOW) -> PatientRecord:
     located = [Located(f"prefetch.test.entry[{i}].resource", r) for i, r in enumerate(resources)]
     return build_record(located, PID, TERMINOLOGY, now)
+
+
+def lesion(size: float, unit: str, focus: str = "c", rid: str = "size") -> dict[str, Any]:
+    """A lesion-size measurement (LOINC 39126-8) pointing at the Condition `focus`."""
+    return {
+        **observation("39126-8", size, unit, 3, rid),
+        "focus": [{"reference": f"Condition/{focus}"}],
+    }

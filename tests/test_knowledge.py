@@ -60,6 +60,16 @@ VARIANT_RECORDS = {
         record(condition(SNOMED, "396230008", rid="d"), condition(ICD10CM, "L94.2", rid="c")),
         record(condition(SNOMED, "55464009", rid="l"), condition(ICD10CM, "L94.2", rid="c")),
     ],
+    ("calcinosis-lesion", "pathway"): [
+        record(condition(ICD10CM, "L94.2", rid="c"), condition(SNOMED, "266261006", rid="r")),
+        record(
+            {**condition(ICD10CM, "L94.2", rid="c"), "note": [{"text": "Calcinose inflammatoire"}]},
+            {
+                **observation("39126-8", 1.5, "mm", 3, "size"),
+                "focus": [{"reference": "Condition/c"}],
+            },
+        ),
+    ],
     ("calcinosis-risk-screening", "risk-factors"): [
         record(patient("male"), condition(SNOMED, "89155008")),
         record(patient(), condition(SNOMED, "89155008"), antibody("31290-0", "Positive")),
@@ -253,7 +263,7 @@ def test_value_set_file_errors_are_reported(tmp_path: Path) -> None:
 def test_fixture_codes_are_in_value_sets_or_known_noise() -> None:
     noise = {"8867-4", "2823-3", "8480-6", "17861-6", "2777-1", "266261006", "3443"}
     known = {c.code for vs in TERMINOLOGY.valuesets.values() for c in vs.concepts}
-    for path in FIXTURES.glob("*.request.json"):
+    for path in FIXTURES.parent.glob("*/*.request.json"):  # all three services
         text = path.read_text(encoding="utf-8")
         for bundle in json.loads(text)["prefetch"].values():
             for entry in (bundle or {}).get("entry", []):
@@ -261,6 +271,10 @@ def test_fixture_codes_are_in_value_sets_or_known_noise() -> None:
                 concept = res.get("code") or res.get("medicationCodeableConcept") or {}
                 for coding in concept.get("coding", []):
                     assert coding["code"] in known | noise, (path.name, coding)
+        context = json.loads(text)["context"]
+        for entry in context.get("draftOrders", {}).get("entry", []):
+            for coding in entry["resource"]["medicationCodeableConcept"].get("coding", []):
+                assert coding["code"] in known | noise, (path.name, coding)
 
 
 def test_valueset_dir_has_one_file_per_value_set() -> None:
@@ -303,3 +317,43 @@ def test_rule_catalogue_lists_every_rule() -> None:
 
 def test_safety_table_names_only_existing_value_sets() -> None:
     assert table_valuesets() <= set(TERMINOLOGY.valuesets)
+
+
+def test_lesion_suggestions_follow_the_features_found() -> None:
+    inflamed_small = VARIANT_RECORDS[("calcinosis-lesion", "pathway")][1]
+    card = RENDERER.render(RULES["calcinosis-lesion"](inflamed_small)[0], "fr", "p1")
+    proposed = [
+        a["resource"]["medicationCodeableConcept"]["text"]
+        for s in card["suggestions"]
+        for a in s["actions"]
+        if a["resource"]["resourceType"] == "MedicationRequest"
+    ]
+    assert proposed == ["thiosulfate de sodium", "colchicine", "minocycline"]
+    assert "**Lésion de moins de 2 mm**" in card["detail"]
+    assert "**Lésion inflammatoire**" in card["detail"]
+    assert "chirurgien" not in card["detail"]  # not disabling: no surgical step or referral
+    raynaud_only = VARIANT_RECORDS[("calcinosis-lesion", "pathway")][0]
+    card = RENDERER.render(RULES["calcinosis-lesion"](raynaud_only)[0], "en", "p1")
+    assert "suggestions" not in card
+    assert_valid_response({"cards": [card]})
+
+
+@pytest.mark.parametrize(
+    ("size", "unit", "feature"),
+    [(1.5, "mm", "small"), (0.15, "cm", "small"), (3, "mm", None), (1.2, "cm", "large")],
+)
+def test_lesion_size_thresholds(size: float, unit: str, feature: str | None) -> None:
+    from cds_service.rules.calcinosis_lesion import lesion_features
+
+    rec = record(
+        condition(ICD10CM, "L94.2", rid="c"),
+        {**observation("39126-8", size, unit, 3, "size"), "focus": [{"reference": "Condition/c"}]},
+    )
+    assert lesion_features(rec)[0] == ([feature] if feature else [])
+
+
+def test_lesion_size_needs_a_focus_on_the_calcinosis() -> None:
+    from cds_service.rules.calcinosis_lesion import lesion_features
+
+    rec = record(condition(ICD10CM, "L94.2", rid="c"), observation("39126-8", 1.0, "mm", 3, "size"))
+    assert lesion_features(rec)[0] == []

@@ -78,6 +78,7 @@ class ConditionFact:
     clinical_status: str
     verification_status: str | None
     since: date | None
+    text: str = ""  # normalised code.text and notes (what the clinician wrote about it)
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ class CodedResult:
     flags: frozenset[str]
     quantity: float | None = None
     high: float | None = None
+    flagged_positive: bool = False  # an interpretation code in the positive-interpretation set
+    value_sets: frozenset[str] = frozenset()  # value sets the coded value belongs to
 
 
 @dataclass(frozen=True)
@@ -369,7 +372,7 @@ def build_record(
                     labs[concept] = result
                     break
             else:
-                coded = _coded_result(concept, when, item, match)
+                coded = _coded_result(concept, when, item, match, terminology)
                 if coded is not None:
                     results[concept] = coded
                     break
@@ -413,6 +416,9 @@ def _condition(item: Located, terminology: Terminology) -> ConditionFact | None:
         return None
     _validate(item)
     since = parse_datetime(res.get("onsetDateTime")) or parse_datetime(res.get("recordedDate"))
+    code = res.get("code")
+    written = [code.get("text")] if isinstance(code, Mapping) else []
+    written += [n.get("text") for n in res.get("note") or () if isinstance(n, Mapping)]
     return ConditionFact(
         ref=_ref(res),
         valuesets=frozenset(m.valueset for m in matches),
@@ -421,6 +427,7 @@ def _condition(item: Located, terminology: Terminology) -> ConditionFact | None:
         clinical_status=clinical,
         verification_status=verification,
         since=since.date() if since else None,
+        text=normalise_text(" ".join(t for t in written if isinstance(t, str))),
     )
 
 
@@ -516,7 +523,9 @@ def _upper_limit(concept: str, res: Mapping[str, Any], spellings: list[str]) -> 
     return units.to_canonical(concept, float(high["value"]), own or spellings)
 
 
-def _coded_result(concept: str, when: datetime, item: Located, match: Match) -> CodedResult | None:
+def _coded_result(
+    concept: str, when: datetime, item: Located, match: Match, terminology: Terminology
+) -> CodedResult | None:
     res = item.resource
     _validate(item)
     value = res.get("valueCodeableConcept")
@@ -548,6 +557,12 @@ def _coded_result(concept: str, when: datetime, item: Located, match: Match) -> 
     flags = _interpretation(res)
     if not values and not texts and amount is None and not flags:
         return None
+    positive = any(
+        m.valueset == "positive-interpretation"
+        for interpretation in res.get("interpretation") or ()
+        for m in terminology.match(interpretation, "Observation")
+    )
+    value_sets = frozenset(m.valueset for m in terminology.match(value, "Observation"))
     return CodedResult(
         concept=concept,
         when=when,
@@ -558,6 +573,8 @@ def _coded_result(concept: str, when: datetime, item: Located, match: Match) -> 
         flags=flags,
         quantity=amount,
         high=high,
+        flagged_positive=positive,
+        value_sets=value_sets,
     )
 
 

@@ -72,6 +72,7 @@ CANONICAL: dict[str, CanonicalUnit] = {
         decimals=0,
     ),
     "systolic-bp": CanonicalUnit("mm Hg", {"mm[hg]": 1.0, "mmhg": 1.0}, decimals=0),
+    "lesion-size": CanonicalUnit("mm", {"mm": 1.0, "cm": 10.0}),
 }
 
 

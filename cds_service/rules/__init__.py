@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from cds_service.fhir.record import PatientRecord
 from cds_service.rules import (
     calcinosis_context,
+    calcinosis_lesion,
     calcinosis_risk_screening,
     calcinosis_type,
     calcinosis_workup,
@@ -24,7 +25,13 @@ from cds_service.rules.treatment_safety import table_rules
 Rule = Callable[[PatientRecord], list[Finding]]
 
 # Calcinosis rules, one module each; treatment-safety rules, one engine over a data table.
-MODULES = (calcinosis_context, calcinosis_risk_screening, calcinosis_workup, calcinosis_type)
+MODULES = (
+    calcinosis_context,
+    calcinosis_lesion,
+    calcinosis_risk_screening,
+    calcinosis_workup,
+    calcinosis_type,
+)
 RULES: dict[str, Rule] = {
     **{module.RULE_ID: module.evaluate for module in MODULES},
     **table_rules(),

@@ -22,14 +22,13 @@ from cds_service.rules.base import Finding
 RULE_ID = "calcinosis-risk-screening"
 RISK_CONDITIONS = ("digital-ulcer", "osteoporosis", "interstitial-lung-disease")
 ANTIBODIES = ("anti-centromere", "anti-pm-scl", "anti-rna-polymerase-iii")
-POSITIVE_FLAGS = frozenset({"POS", "H", "HH", "A", "DET"})
 POSITIVE_WORDS = ("positive", "positif", "detected", "detecte", "present")
 NEGATIVE_WORDS = ("negative", "negatif", "not detected", "non detecte", "absent", "undetected")
 
 
 def is_positive(result: CodedResult) -> bool:
     """A qualitative result the lab called positive (flag, words or a value above range)."""
-    if result.flags & POSITIVE_FLAGS:
+    if result.flagged_positive:  # value set positive-interpretation
         return True
     text = f" {result.text} "
     if any(f" {word} " in text for word in NEGATIVE_WORDS):

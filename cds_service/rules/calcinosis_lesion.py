@@ -1,0 +1,100 @@
+"""Calcinosis management pathway, from what is recorded about the lesions.
+
+Sources: seed 000 (Smith, AAD 2019): lesions under 2 mm -> topical sodium thiosulfate; over
+5 mm -> intralesional sodium thiosulfate; tumoral calcinosis -> surgery, alone or followed by IV
+sodium thiosulfate case by case. Seed 001 (Scleroderma Manitoba 2024): colchicine or minocycline
+for inflammatory lesions; stop smoking, avoid cold, manage Raynaud and ulcers; surgery for
+lesions that impair hand or joint function or compress a nerve; shock-wave therapy (3-5
+sessions every 7-10 days). Seed 002 (SSc calcinosis review): antibiotics covering
+Staphylococcus aureus for infected lesions (cephalexin, dicloxacillin, clindamycin);
+hydrocolloid dressings for ulcerated lesions; doses of colchicine (1 mg/day) and minocycline
+(50-100 mg/day, cyclic). Seed 004: warning signs of infection (purulent discharge, spreading
+redness, fever). Evidence level: case reports, case series and small open studies.
+
+What is read (docs/knowledge.md, "Lesions"):
+- size: the latest Observation coded LOINC 39126-8 (length) or 39125-0 (width) of a wound, in
+  mm or cm, whose `focus` references the calcinosis Condition;
+- tumoral, inflammatory, infected, ulcerated, disabling: words in the calcinosis Condition's
+  code.text or notes (French or English), or an active skin infection / skin ulcer condition;
+- smoking: a current-smoker status (LOINC 72166-2) within 12 months, or tobacco use coded;
+- Raynaud phenomenon on the problem list.
+
+When: active calcinosis and at least one of these features.
+Then: an `info` card with the steps that apply, and suggestions for them only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cds_service.fhir.record import PatientRecord
+from cds_service.knowledge.loader import thresholds
+from cds_service.rules.base import Finding
+
+RULE_ID = "calcinosis-lesion"
+ORDER = ("small", "large", "tumoral", "inflammatory", "infected", "ulcerated", "disabling")
+# Thresholds and words: knowledge/thresholds.yaml, `calcinosis_lesion`.
+
+
+def _says(text: str, words: tuple[str, ...]) -> bool:
+    padded = f" {text} "
+    return any(f" {word} " in padded for word in words)
+
+
+def lesion_features(record: PatientRecord) -> tuple[list[str], list[Any]]:
+    """The recorded features of the calcinosis lesions, and the facts they come from."""
+    limits = thresholds()["calcinosis_lesion"]
+    calcinosis = record.conditions_in("calcinosis")
+    features: list[str] = []
+    evidence: list[Any] = []
+    refs = {c.ref for c in calcinosis}
+    size = record.labs.get("lesion-size")
+    if size is not None and refs & set(size.focus):
+        if size.value < limits["small_below_mm"]:
+            features.append("small")
+        elif size.value > limits["large_above_mm"]:
+            features.append("large")
+        evidence.append(size)
+    for feature, words in limits["words"].items():
+        if any(_says(c.text, tuple(words)) for c in calcinosis):
+            features.append(feature)
+    for feature, valueset in (("infected", "skin-infection"), ("ulcerated", "digital-ulcer")):
+        found = record.conditions_in(valueset)
+        if found:
+            features.append(feature)
+            evidence += found
+    smoking = record.results.get("smoking-status")
+    if (
+        smoking is not None
+        and "current-smoker" in smoking.value_sets
+        and (record.now - smoking.when).days <= limits["smoking_max_age_days"]
+    ):
+        features.append("smoking")
+        evidence.append(smoking)
+    tobacco = record.conditions_in("tobacco-use")
+    if tobacco:
+        features.append("smoking")
+        evidence += tobacco
+    raynaud = record.conditions_in("raynaud")
+    if raynaud:
+        features.append("raynaud")
+        evidence += raynaud
+    ordered = [f for f in (*ORDER, "smoking", "raynaud") if f in features]
+    return ordered, evidence
+
+
+def evaluate(record: PatientRecord) -> list[Finding]:
+    calcinosis = record.conditions_in("calcinosis")
+    if not calcinosis:
+        return []
+    features, evidence = lesion_features(record)
+    if not features:
+        return []
+    return [
+        Finding(
+            RULE_ID,
+            "pathway",
+            facts={"features": features},
+            evidence=tuple(dict.fromkeys([*calcinosis, *evidence])),
+        )
+    ]
