@@ -161,7 +161,7 @@ class Renderer:
             "detail": self._detail(content, variant, finding, fmt, values),
             "source": {
                 "label": content.data["source"]["label"][lang],
-                "url": content.data["source"]["url"],
+                **({"url": url} if (url := content.data["source"].get("url")) else {}),
                 "topic": {
                     "system": RULE_SYSTEM,
                     "code": finding.rule,
@@ -388,6 +388,9 @@ class _Formatter:
             values["factor_count"] = str(len(lines))
         if "missing" in facts:
             values["missing"] = ", ".join(self.concept(m) for m in facts["missing"])
+        if isinstance(facts.get("check"), str):  # the rule a check-failed card is about
+            rule = self.library.cards.get(facts["check"])
+            values["check"] = rule.data["title"][self.lang] if rule else facts["check"]
         if "features" in facts:
             steps = self.card_steps or {}
             lines = [steps[f][self.lang] for f in facts["features"] if f in steps]

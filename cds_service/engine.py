@@ -50,7 +50,8 @@ class CdsEngine:
         self.library = load_library(settings.cards_dir, self.terminology)
         self.renderer = Renderer(self.library)
         self.services: dict[str, ServiceDefinition] = load_services(self.terminology)
-        missing = {r for s in self.services.values() for r in s.rules} - set(self.library.cards)
+        needed = {r for s in self.services.values() for r in s.rules} | {rules.CHECK_FAILED}
+        missing = needed - set(self.library.cards)
         if missing:
             raise ValueError(f"no card content for rules {sorted(missing)} in cards/")
         unknown = table_valuesets() - set(self.terminology.valuesets)

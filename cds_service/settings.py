@@ -21,6 +21,7 @@ SUPPORTED_LANGUAGES = ("en", "fr")
 # Environment variable -> Settings field, for the integer settings.
 INTEGER_SETTINGS = (
     ("CDS_MAX_BODY_BYTES", "max_body_bytes"),
+    ("CDS_MAX_JSON_DEPTH", "max_json_depth"),
     ("CDS_FHIR_TIMEOUT_MS", "fhir_timeout_ms"),
     ("CDS_FHIR_DEADLINE_MS", "fhir_deadline_ms"),
     ("CDS_FHIR_PAGE_LIMIT", "fhir_page_limit"),
@@ -45,6 +46,7 @@ class Settings:
     database_url: str = "sqlite:///var/calcinosis-cds.sqlite3"
     default_language: str = "en"
     max_body_bytes: int = 5 * 1024 * 1024
+    max_json_depth: int = 64  # FHIR resources in a CDS Hooks request nest far less deeply
     cors_origins: tuple[str, ...] = ("*",)
     cards_dir: Path = DEFAULT_CARDS_DIR
     log_level: str = "INFO"
@@ -74,6 +76,7 @@ class Settings:
             ("CDS_FHIR_PAGE_LIMIT", self.fhir_page_limit),
             ("CDS_REPEAT_WINDOW_MINUTES", self.repeat_window_minutes),
             ("CDS_SNOOZE_DAYS", self.snooze_days),
+            ("CDS_MAX_JSON_DEPTH", self.max_json_depth),
         ):
             if value < 1:
                 raise SettingsError(f"{name} must be a positive integer")

@@ -217,3 +217,29 @@ def test_errors_store_nothing_and_lose_nothing(app: Flask, client: FlaskClient) 
     client.post(SERVICE_URL, json=mutated(lambda b: b["prefetch"].pop("patient")))
     client.post(SERVICE_URL, json=mutated(lambda b: b.update(hook="order-select")))
     assert issued_count(app) == before
+
+
+def test_nesting_beyond_the_limit_is_400(client: FlaskClient) -> None:
+    body = copy.deepcopy(REQUEST)
+    deep: Any = "leaf"
+    for _ in range(70):
+        deep = {"a": deep}
+    body["extension"] = {"nested": deep}
+    found = issue(400, client.post(SERVICE_URL, json=body))
+    assert "deeper than 64" in found["diagnostics"]
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(client: FlaskClient) -> None:
+    body = copy.deepcopy(REQUEST)
+    body["extension"] = {"note": "[" * 500 + "{" * 500}
+    assert client.post(SERVICE_URL, json=body).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/cds-services", SERVICE_URL, "/healthz", "/nope"])
+def test_security_headers_on_every_response(client: FlaskClient, path: str) -> None:
+    response = client.get(path)
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    assert "python" not in response.headers.get("Server", "").lower()

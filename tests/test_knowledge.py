@@ -12,7 +12,7 @@ import yaml
 from cds_service.cards import SUMMARY_MAX, CardContentError, CardLibrary, Renderer, md_escape
 from cds_service.fhir.record import DataNote
 from cds_service.knowledge.safety import table_valuesets
-from cds_service.rules import RULES
+from cds_service.rules import CHECK_FAILED, RULES, Finding
 from cds_service.settings import DEFAULT_CARDS_DIR
 from cds_service.terminology import VALUESET_DIR, Terminology, TerminologyError
 from tests.conftest import FIXTURES, NOW, assert_valid_response
@@ -126,11 +126,16 @@ VARIANT_RECORDS = {
 
 
 def test_every_card_file_names_an_existing_rule_and_every_rule_has_one() -> None:
-    assert set(LIBRARY.cards) == set(RULES)
+    assert set(LIBRARY.cards) == set(RULES) | {CHECK_FAILED}
 
 
 def test_every_variant_has_a_record_that_produces_it() -> None:
-    declared = {(rule, v) for rule, card in LIBRARY.cards.items() for v in card.data["variants"]}
+    declared = {
+        (rule, v)
+        for rule, card in LIBRARY.cards.items()
+        if rule != CHECK_FAILED  # produced by a failing rule, tested below
+        for v in card.data["variants"]
+    }
     assert declared == set(VARIANT_RECORDS)
     for (rule, variant), records in VARIANT_RECORDS.items():
         for rec in records:
@@ -357,3 +362,12 @@ def test_lesion_size_needs_a_focus_on_the_calcinosis() -> None:
 
     rec = record(condition(ICD10CM, "L94.2", rid="c"), observation("39126-8", 1.0, "mm", 3, "size"))
     assert lesion_features(rec)[0] == []
+
+
+@pytest.mark.parametrize("lang", ["en", "fr"])
+def test_check_failed_card_names_the_check(lang: str) -> None:
+    finding = Finding(CHECK_FAILED, "rule-error", facts={"check": "colchicine-renal"})
+    card = RENDERER.render(finding, lang, "p1")
+    assert_valid_response({"cards": [card]})
+    assert LIBRARY.cards["colchicine-renal"].data["title"][lang] in card["summary"]
+    assert "url" not in card["source"]

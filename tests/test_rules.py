@@ -83,3 +83,25 @@ def test_every_rule_documents_its_source() -> None:
     for rule in load_table().values():
         assert rule.sources
     assert "aluminium-hydroxide-renal" in RULES
+
+
+def test_a_failing_rule_does_not_silence_the_others(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(record: object) -> list:
+        raise KeyError("fix-02 secret detail")  # a message that must not reach the logs
+
+    monkeypatch.setitem(RULES, "calcinosis-type", broken)
+    response = client.post(SERVICE_URL, json=load_request("02-aluminium-egfr-22"))
+    assert response.status_code == 200
+    codes = [c["source"]["topic"]["code"] for c in response.json["cards"]]
+    assert "aluminium-hydroxide-renal" in codes  # the other rules still ran
+    assert "calcinosis-type" not in codes
+    failed = next(
+        c for c in response.json["cards"] if c["source"]["topic"]["code"] == "check-failed"
+    )
+    assert failed["indicator"] == "info"
+    assert "Calcinosis type" in failed["summary"] or "calcinosis" in failed["summary"].lower()
+    assert "rule calcinosis-type could not run: KeyError" in caplog.text
+    assert "secret detail" not in caplog.text
+    assert "fix-02" not in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import traceback
 from typing import Any
@@ -66,6 +67,22 @@ def register_error_handlers(app: Flask) -> None:
 # ----------------------------------------------------------------------------- helpers
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply a JSON text nests (strings removed first), without parsing it."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKETS.findall(_JSON_STRING.sub(b'""', raw)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def _json_body() -> dict[str, Any]:
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
@@ -73,6 +90,9 @@ def _json_body() -> dict[str, Any]:
             "Content-Type must be application/json", path="header Content-Type"
         )
     raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    limit = engine().settings.max_json_depth
+    if json_depth(raw) > limit:
+        raise InputError(f"body nests deeper than {limit} levels", path="$")
 
     def _no_constants(name: str) -> None:
         raise ValueError(f"{name} is not valid JSON")
@@ -152,6 +172,23 @@ def healthz() -> Response:
 
 
 # ----------------------------------------------------------------------------- CORS
+
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+@bp.after_app_request
+def security_headers(response: Response) -> Response:
+    """A JSON API: nothing to sniff, frame, cache or load."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 @bp.after_app_request

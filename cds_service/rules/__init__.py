@@ -9,6 +9,7 @@ service definitions name.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 from cds_service.fhir.record import PatientRecord
@@ -22,6 +23,7 @@ from cds_service.rules import (
 from cds_service.rules.base import Finding
 from cds_service.rules.treatment_safety import table_rules
 
+log = logging.getLogger(__name__)
 Rule = Callable[[PatientRecord], list[Finding]]
 
 # Calcinosis rules, one module each; treatment-safety rules, one engine over a data table.
@@ -38,12 +40,22 @@ RULES: dict[str, Rule] = {
 }
 
 
+# The card shown when a check could not run (cards/check-failed.yaml); not a clinical rule.
+CHECK_FAILED = "check-failed"
+
+
 def run(rule_ids: Iterable[str], record: PatientRecord) -> list[Finding]:
-    """Run the named rules on one record, in order."""
+    """Run the named rules on one record, in order. A rule that raises does not silence the
+    others: it is logged (its exception type only, never patient data) and reported by a
+    `check-failed` finding, since silence must never read as "safe"."""
     findings: list[Finding] = []
     for rule_id in rule_ids:
-        findings.extend(RULES[rule_id](record))
+        try:
+            findings.extend(RULES[rule_id](record))
+        except Exception as exc:  # noqa: BLE001 - any failure of one rule is contained
+            log.error("rule %s could not run: %s", rule_id, type(exc).__name__)
+            findings.append(Finding(CHECK_FAILED, "rule-error", facts={"check": rule_id}))
     return findings
 
 
-__all__ = ["RULES", "Finding", "run"]
+__all__ = ["CHECK_FAILED", "RULES", "Finding", "run"]
