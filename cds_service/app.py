@@ -10,6 +10,26 @@ from cds_service.engine import CdsEngine
 from cds_service.hooks.http import bp, register_error_handlers
 from cds_service.settings import Settings
 from cds_service.store import Store
+from cds_service.trust import JwtVerifier, load_issuers
+
+log = logging.getLogger("cds_service")
+
+
+def _verifier(settings: Settings, store: Store) -> JwtVerifier | None:
+    """The JWT verifier of this worker, or None when authentication is off (development)."""
+    if settings.auth != "jwt":
+        log.warning(
+            "AUTHENTICATION IS OFF (CDS_AUTH=off): any caller can use this service. "
+            "Development only; see the README, Security."
+        )
+        return None
+    assert settings.trusted_issuers_file is not None
+    issuers = load_issuers(settings.trusted_issuers_file)
+    return JwtVerifier(
+        issuers,
+        replay=lambda iss, jti, until: store.remember_jti(iss, jti, until, settings.now()),
+        clock=settings.clock,
+    )
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -24,10 +44,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     store = Store.from_url(settings.database_url)
     store.create_schema()
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # a JSON API: no static files
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # keep cards in the order the spec documents them
     app.extensions["cds_engine"] = CdsEngine(settings, store)
+    app.extensions["cds_verifier"] = _verifier(settings, store)
     app.register_blueprint(bp)
     register_error_handlers(app)
     return app

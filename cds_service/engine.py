@@ -67,19 +67,15 @@ class CdsEngine:
         )
         if settings.hash_key == DEVELOPMENT_HASH_KEY:
             log.warning("CDS_HASH_KEY is not set: using the development key")
-        self.fetch_policy = prefetch.FetchPolicy(
-            FhirFetcher(
-                settings.fhir_timeout_ms / 1000,
-                settings.fhir_deadline_ms / 1000,
-                settings.fhir_page_limit,
-            ),
-            settings.fhir_servers,
+        self.fetcher = FhirFetcher(
+            settings.fhir_timeout_ms / 1000,
+            settings.fhir_deadline_ms / 1000,
+            settings.fhir_page_limit,
         )
 
     def close(self) -> None:
         """Release connections (FHIR client, database pool)."""
-        if self.fetch_policy.fetcher is not None:
-            self.fetch_policy.fetcher.close()
+        self.fetcher.close()
         self.store.dispose()
 
     @property
@@ -96,8 +92,17 @@ class CdsEngine:
             raise NotFound(f"no CDS service with id {service_id!r}", path="id")
         return service
 
-    def evaluate(self, service_id: str, body: Mapping[str, Any], lang: str) -> Evaluation:
-        """Run one hook call; raise InputError (with its status) on bad input."""
+    def evaluate(
+        self,
+        service_id: str,
+        body: Mapping[str, Any],
+        lang: str,
+        fhir_servers: tuple[str, ...] | None = None,
+    ) -> Evaluation:
+        """Run one hook call; raise InputError (with its status) on bad input.
+
+        `fhir_servers` are the FHIR servers this caller's data may be fetched from (the
+        authenticated issuer's); by default, the configured ones."""
         service = self.service(service_id)
         _check("request", body)
         if body["hook"] != service.hook:
@@ -108,7 +113,12 @@ class CdsEngine:
         _check(f"context-{service.hook}", body["context"], at="context")
         patient_id: str = body["context"]["patientId"]
 
-        found = prefetch.resolve(service.prefetch, body, self.fetch_policy)
+        policy = prefetch.FetchPolicy(
+            self.fetcher,
+            self.settings.fhir_servers if fhir_servers is None else fhir_servers,
+            require_https=self.settings.production,
+        )
+        found = prefetch.resolve(service.prefetch, body, policy)
         now = self.settings.now()
         drafts = draft_orders(body["context"]) if service.hook in ORDER_HOOKS else None
         record = build_record(found.resources, patient_id, self.terminology, now, drafts)

@@ -59,6 +59,12 @@ class Settings:
     hash_key: str = field(default=DEVELOPMENT_HASH_KEY, repr=False)
     repeat_window_minutes: int = 60  # order-select caution not repeated at order-sign
     snooze_days: int = 30  # patient-view card not shown again after an override
+    # Authentication of CDS clients: "off" (development only) or "jwt" (CDS Hooks 2.0).
+    auth: str = "off"
+    trusted_issuers_file: Path | None = None  # JSON file, see the README, "Security"
+    public_base_url: str | None = None  # the URL clients call, for the JWT `aud` check
+    # Production mode refuses to start with an unsafe configuration (see check_production).
+    production: bool = False
     # Injected clock: the only source of "now" for staleness and ages (tests pin it).
     clock: Callable[[], datetime] = field(default=_utcnow, repr=False, compare=False)
 
@@ -83,8 +89,30 @@ class Settings:
         for server in self.fhir_servers:
             if not server.startswith(("https://", "http://")):
                 raise SettingsError(f"CDS_FHIR_SERVERS: {server!r} is not an http(s) base URL")
+        if self.auth not in ("off", "jwt"):
+            raise SettingsError(f"CDS_AUTH must be 'off' or 'jwt', not {self.auth!r}")
+        if self.auth == "jwt" and self.trusted_issuers_file is None:
+            raise SettingsError("CDS_AUTH=jwt needs CDS_TRUSTED_ISSUERS (a JSON file of issuers)")
         if not self.cards_dir.is_dir():
             raise SettingsError(f"CDS_CARDS_DIR {str(self.cards_dir)!r} is not a directory")
+        if self.production:
+            self.check_production()
+
+    def check_production(self) -> None:
+        """Refuse what must never run in production (raises SettingsError naming it)."""
+        problems = []
+        if self.auth != "jwt":
+            problems.append("CDS_AUTH must be jwt")
+        if not self.public_base_url or not self.public_base_url.startswith("https://"):
+            problems.append("CDS_PUBLIC_BASE_URL must be the https URL clients call")
+        if self.hash_key == DEVELOPMENT_HASH_KEY or len(self.hash_key) < 32:
+            problems.append("CDS_HASH_KEY must be a secret of at least 32 characters")
+        if any(not s.startswith("https://") for s in self.fhir_servers):
+            problems.append("CDS_FHIR_SERVERS must all be https")
+        if self.database_url.startswith("sqlite") and ":memory:" in self.database_url:
+            problems.append("DATABASE_URL must be persistent")
+        if problems:
+            raise SettingsError("production mode: " + "; ".join(problems))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -103,6 +131,14 @@ class Settings:
                     raise SettingsError(f"{var} must be an integer, not {raw!r}") from None
         if key := env.get("CDS_HASH_KEY"):
             kwargs["hash_key"] = key
+        if auth := env.get("CDS_AUTH"):
+            kwargs["auth"] = auth.strip().lower()
+        if issuers := env.get("CDS_TRUSTED_ISSUERS"):
+            kwargs["trusted_issuers_file"] = Path(issuers)
+        if base := env.get("CDS_PUBLIC_BASE_URL"):
+            kwargs["public_base_url"] = base.rstrip("/")
+        if env.get("CDS_PRODUCTION", "").strip().lower() in ("1", "true", "yes"):
+            kwargs["production"] = True
         if servers := env.get("CDS_FHIR_SERVERS"):
             kwargs["fhir_servers"] = tuple(s.strip() for s in servers.split(",") if s.strip())
         if origins := env.get("CDS_CORS_ORIGINS"):

@@ -11,9 +11,10 @@ only as keyed hashes (HMAC, see cds_service/suppression.py).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import (
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -34,7 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 metadata = MetaData()
 
@@ -87,6 +89,17 @@ feedback = Table(
     Column("override_display", String(512), nullable=True),
     Column("outcome_at", DateTime(timezone=True), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+JTI_SWEEP_INTERVAL = timedelta(minutes=1)  # expired jtis are deleted at most this often
+
+# JWT ids already accepted (replay protection, see cds_service/trust.py): only a hash of
+# iss + jti is kept, until the token could no longer be accepted anyway.
+seen_jtis = Table(
+    "seen_jtis",
+    metadata,
+    Column("key", String(64), primary_key=True),  # sha256(iss + "\x1f" + jti)
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
 )
 
 
@@ -361,6 +374,37 @@ class Store:
             )
             for rule, version in sorted(set(issued) | set(outcomes))
         ]
+
+    # ------------------------------------------------------------------ JWT replay protection
+
+    def remember_jti(self, iss: str, jti: str, expires_at: datetime, now: datetime) -> bool:
+        """True when this (iss, jti) was not seen before (it is then kept until `expires_at`),
+        False when it is a replay. Safe across workers: the primary key decides, so of two
+        concurrent calls with the same jti exactly one gets True. A key whose previous use has
+        expired is taken over. Expired rows are swept when a new jti is stored (at most once a
+        minute per Store)."""
+        key = hashlib.sha256(f"{iss}\x1f{jti}".encode()).hexdigest()
+        expires_at, now = as_utc(expires_at), as_utc(now)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(seen_jtis).values(key=key, expires_at=expires_at))
+        except IntegrityError:
+            with self.engine.begin() as conn:
+                taken = conn.execute(
+                    update(seen_jtis)
+                    .where(seen_jtis.c.key == key, seen_jtis.c.expires_at <= now)
+                    .values(expires_at=expires_at)
+                )
+            return taken.rowcount == 1
+        swept_at: datetime | None = getattr(self, "_jtis_swept_at", None)
+        if swept_at is None or not timedelta(0) <= now - swept_at < JTI_SWEEP_INTERVAL:
+            self._jtis_swept_at = now
+            # Best effort: another worker may be sweeping the same rows.
+            with contextlib.suppress(DBAPIError), self.engine.begin() as conn:
+                conn.execute(
+                    delete(seen_jtis).where(seen_jtis.c.expires_at <= now, seen_jtis.c.key != key)
+                )
+        return True
 
     def dispose(self) -> None:
         self.engine.dispose()

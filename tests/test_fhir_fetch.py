@@ -363,3 +363,8 @@ def test_paging_against_the_real_fhir_server(sekmet: str) -> None:
 def test_fetch_policy_matches_whole_base_urls(server: str, permitted: bool) -> None:
     policy = FetchPolicy(None, ("https://ehr.example.org/fhir",))
     assert policy.permits(server) is permitted
+
+
+def test_fetch_policy_can_require_https() -> None:
+    policy = FetchPolicy(None, ("http://ehr.example.org/fhir",), require_https=True)
+    assert not policy.permits("http://ehr.example.org/fhir")

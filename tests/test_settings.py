@@ -72,3 +72,32 @@ def test_fhir_fetch_settings() -> None:
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+def test_production_mode_refuses_an_unsafe_configuration(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as exc:
+        Settings.from_env({"CDS_PRODUCTION": "1"})
+    message = str(exc.value)
+    for variable in ("CDS_AUTH", "CDS_PUBLIC_BASE_URL", "CDS_HASH_KEY"):
+        assert variable in message
+    issuers = tmp_path / "issuers.json"
+    issuers.write_text('{"issuers": []}')
+    good = {
+        "CDS_PRODUCTION": "1",
+        "CDS_AUTH": "jwt",
+        "CDS_TRUSTED_ISSUERS": str(issuers),
+        "CDS_PUBLIC_BASE_URL": "https://cds.example.org/",
+        "CDS_HASH_KEY": "k" * 40,
+        "CDS_FHIR_SERVERS": "https://ehr.example.org/fhir",
+    }
+    settings = Settings.from_env(good)
+    assert settings.public_base_url == "https://cds.example.org"
+    with pytest.raises(SettingsError, match="https"):
+        Settings.from_env({**good, "CDS_FHIR_SERVERS": "http://ehr.example.org/fhir"})
+
+
+def test_jwt_needs_trusted_issuers() -> None:
+    with pytest.raises(SettingsError, match="CDS_TRUSTED_ISSUERS"):
+        Settings.from_env({"CDS_AUTH": "jwt"})
+    with pytest.raises(SettingsError, match="CDS_AUTH"):
+        Settings.from_env({"CDS_AUTH": "basic"})

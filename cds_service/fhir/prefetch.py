@@ -51,9 +51,12 @@ class FetchPolicy:
 
     fetcher: FhirFetcher | None = None
     allowed_servers: tuple[str, ...] = field(default=())
+    require_https: bool = False  # production: never send a token over plain http
 
     def permits(self, server: str) -> bool:
-        """True when `server` is one of the configured FHIR base URLs (or below one)."""
+        """True when `server` is one of the allowed FHIR base URLs (or below one)."""
+        if self.require_https and not server.startswith("https://"):
+            return False
         wanted = server.rstrip("/")
         return any(
             wanted == base.rstrip("/") or wanted.startswith(base.rstrip("/") + "/")

@@ -9,12 +9,13 @@ import time
 import traceback
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from cds_service.engine import CdsEngine
 from cds_service.errors import InputError, UnsupportedMediaType
 from cds_service.settings import SUPPORTED_LANGUAGES
+from cds_service.trust import AuthError, JwtVerifier, VerifiedClient
 
 log = logging.getLogger("cds_service.http")
 bp = Blueprint("cds_hooks", __name__)
@@ -24,6 +25,29 @@ ISSUE_CODES = {400: "invalid", 404: "not-found", 405: "not-supported", 413: "too
 
 def engine() -> CdsEngine:
     return current_app.extensions["cds_engine"]
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+@bp.before_app_request
+def authenticate() -> Response | None:
+    """With CDS_AUTH=jwt, every discovery, service and feedback call carries a JWT from a
+    trusted issuer whose `aud` is the URL called. Any failure: a bare 401, the reason logged
+    (never the token)."""
+    verifier: JwtVerifier | None = current_app.extensions.get("cds_verifier")
+    g.client = None
+    if verifier is None or request.method == "OPTIONS":
+        return None
+    if not request.path.startswith("/cds-services"):
+        return None  # /healthz and /openapi.json are public
+    base = engine().settings.public_base_url or request.host_url.rstrip("/")
+    try:
+        g.client = verifier.verify(request.headers.get("Authorization"), base + request.path)
+    except AuthError as exc:
+        log.warning("refused a call to %s: %s", request.path, exc.reason)
+        return Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+    return None
 
 
 # ----------------------------------------------------------------------------- errors
@@ -132,7 +156,9 @@ def invoke(service_id: str) -> Response:
     cds.service(service_id)  # 404 before reading the body
     body = _json_body()
     lang = negotiate_language()
-    evaluation = cds.evaluate(service_id, body, lang)
+    client: VerifiedClient | None = g.get("client")
+    servers = client.issuer.fhir_servers if client is not None else None
+    evaluation = cds.evaluate(service_id, body, lang, fhir_servers=servers)
     log.info(
         "service=%s hookInstance=%s cards=%s lang=%s ms=%.1f",
         service_id,
