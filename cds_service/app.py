@@ -45,6 +45,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     store.create_schema()
 
     app = Flask(__name__, static_folder=None)  # a JSON API: no static files
+    # "//cds-services" is not a route: a 404 in JSON, not a redirect with an HTML body.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # keep cards in the order the spec documents them
     app.extensions["cds_engine"] = CdsEngine(settings, store)

@@ -89,7 +89,7 @@ class CdsEngine:
     def service(self, service_id: str) -> ServiceDefinition:
         service = self.services.get(service_id)
         if service is None:
-            raise NotFound(f"no CDS service with id {service_id!r}", path="id")
+            raise NotFound("no CDS service with this id; see GET /cds-services", path="id")
         return service
 
     def evaluate(
@@ -107,7 +107,7 @@ class CdsEngine:
         _check("request", body)
         if body["hook"] != service.hook:
             raise InputError(
-                f"service {service.id} answers the {service.hook!r} hook, not {body['hook']!r}",
+                f"service {service.id} answers the {service.hook!r} hook only",
                 path="hook",
             )
         _check(f"context-{service.hook}", body["context"], at="context")
@@ -196,7 +196,7 @@ class CdsEngine:
             issued = self.store.issued(item["card"])
             if issued is None or issued.service_id != service.id:
                 raise InputError(
-                    f"card {item['card']!r} was not issued by {service.id}",
+                    f"this card was not issued by {service.id}",
                     path=f"feedback[{i}].card",
                 )
             reason = (item.get("overrideReason") or {}).get("reason") or {}
@@ -240,7 +240,8 @@ def draft_orders(context: Mapping[str, Any]) -> list[Located]:
     bundle = context["draftOrders"]
     selected = context.get("selections")
     drafts = []
-    for i, entry in enumerate(bundle.get("entry") or ()):
+    entries = bundle.get("entry")
+    for i, entry in enumerate(entries if isinstance(entries, list) else ()):
         resource = entry.get("resource") if isinstance(entry, Mapping) else None
         if not isinstance(resource, Mapping) or not isinstance(resource.get("resourceType"), str):
             raise InputError(

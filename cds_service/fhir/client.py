@@ -27,6 +27,17 @@ log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
 
 
+class _NoRequestUrls(logging.Filter):
+    """httpx logs every request URL ("HTTP Request: GET <url> ..."); FHIR query URLs carry the
+    patient id. A filter on the logger itself holds whatever level a deployment sets."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("HTTP Request")
+
+
+logging.getLogger("httpx").addFilter(_NoRequestUrls())
+
+
 class FetchError(Exception):
     """One query could not be answered; `reason` is safe to show and to log."""
 

@@ -254,11 +254,22 @@ def parse_datetime(value: Any) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+def items(value: Any) -> list[Any]:
+    """A FHIR array as sent, or empty when it is not an array (malformed input is then
+    reported by R4B validation of the resources the rules read, never a crash)."""
+    return value if isinstance(value, list) else []
+
+
+def _text_or_none(value: Any) -> str | None:
+    """A FHIR code as sent, or None when it is not a string (malformed input)."""
+    return value if isinstance(value, str) else None
+
+
 def _status_code(concept: Any) -> str | None:
     """The code of a status CodeableConcept (clinicalStatus, verificationStatus)."""
     if not isinstance(concept, Mapping):
         return None
-    for coding in concept.get("coding") or ():
+    for coding in items(concept.get("coding")):
         if isinstance(coding, Mapping) and isinstance(coding.get("code"), str):
             return coding["code"]
     return None
@@ -270,7 +281,7 @@ def _display(concept: Mapping[str, Any] | None, match: Match) -> str:
     if isinstance(concept, Mapping):
         if isinstance(concept.get("text"), str):
             return concept["text"]
-        for coding in concept.get("coding") or ():
+        for coding in items(concept.get("coding")):
             if isinstance(coding, Mapping) and isinstance(coding.get("display"), str):
                 return coding["display"]
     return match.label
@@ -418,7 +429,7 @@ def _condition(item: Located, terminology: Terminology) -> ConditionFact | None:
     since = parse_datetime(res.get("onsetDateTime")) or parse_datetime(res.get("recordedDate"))
     code = res.get("code")
     written = [code.get("text")] if isinstance(code, Mapping) else []
-    written += [n.get("text") for n in res.get("note") or () if isinstance(n, Mapping)]
+    written += [n.get("text") for n in items(res.get("note")) if isinstance(n, Mapping)]
     return ConditionFact(
         ref=_ref(res),
         valuesets=frozenset(m.valueset for m in matches),
@@ -448,7 +459,7 @@ def _screen_observation(
 ) -> None:
     """Keep every counting observation of a concept the rules read, with its time."""
     res = item.resource
-    if res.get("status") in EXCLUDED_OBSERVATION:
+    if _text_or_none(res.get("status")) in EXCLUDED_OBSERVATION:
         return
     for match in terminology.match(res.get("code"), "Observation"):
         if match.by != "code":
@@ -495,7 +506,7 @@ def _lab_result(
         flags=_interpretation(res),
         focus=tuple(
             f["reference"]
-            for f in res.get("focus") or ()
+            for f in items(res.get("focus"))
             if isinstance(f, Mapping) and isinstance(f.get("reference"), str)
         ),
     )
@@ -503,8 +514,8 @@ def _lab_result(
 
 def _interpretation(res: Mapping[str, Any]) -> frozenset[str]:
     codes = set()
-    for concept in res.get("interpretation") or ():
-        for coding in (concept.get("coding") or ()) if isinstance(concept, Mapping) else ():
+    for concept in items(res.get("interpretation")):
+        for coding in (items(concept.get("coding"))) if isinstance(concept, Mapping) else ():
             if isinstance(coding, Mapping) and isinstance(coding.get("code"), str):
                 codes.add(coding["code"])
     return frozenset(codes)
@@ -532,7 +543,7 @@ def _coded_result(
     values: list[tuple[str, str]] = []
     texts: list[str] = []
     if isinstance(value, Mapping):
-        for coding in value.get("coding") or ():
+        for coding in items(value.get("coding")):
             if isinstance(coding, Mapping):
                 if isinstance(coding.get("system"), str) and isinstance(coding.get("code"), str):
                     values.append((coding["system"], coding["code"]))
@@ -559,7 +570,7 @@ def _coded_result(
         return None
     positive = any(
         m.valueset == "positive-interpretation"
-        for interpretation in res.get("interpretation") or ()
+        for interpretation in items(res.get("interpretation"))
         for m in terminology.match(interpretation, "Observation")
     )
     value_sets = frozenset(m.valueset for m in terminology.match(value, "Observation"))
@@ -586,7 +597,7 @@ def _medication(
     draft: bool,
 ) -> MedicationFact | None:
     res = item.resource
-    status = res.get("status")
+    status = _text_or_none(res.get("status"))
     if status not in (DRAFT_MEDICATION if draft else ACTIVE_MEDICATION):
         return None
     concept = res.get("medicationCodeableConcept")
@@ -622,7 +633,7 @@ def _referenced_medication_code(
     ref = reference.get("reference")
     medication: Mapping[str, Any] | None = None
     if isinstance(ref, str) and ref.startswith("#"):
-        for contained in request.get("contained") or ():
+        for contained in items(request.get("contained")):
             if isinstance(contained, Mapping) and contained.get("id") == ref[1:]:
                 medication = contained
     elif isinstance(ref, str):

@@ -7,14 +7,18 @@ import logging
 import re
 import time
 import traceback
+from functools import cache
+from pathlib import Path
 from typing import Any
 
+import yaml
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from cds_service.engine import CdsEngine
 from cds_service.errors import InputError, UnsupportedMediaType
 from cds_service.settings import SUPPORTED_LANGUAGES
+from cds_service.terminology import YAML_LOADER
 from cds_service.trust import AuthError, JwtVerifier, VerifiedClient
 
 log = logging.getLogger("cds_service.http")
@@ -93,6 +97,7 @@ def register_error_handlers(app: Flask) -> None:
 
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _JSON_BRACKETS = re.compile(rb"[\[\]{}]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def json_depth(raw: bytes) -> int:
@@ -132,6 +137,11 @@ def _json_body() -> dict[str, Any]:
         raise InputError(f"body is not valid JSON: {message}", path="$") from None
     if not isinstance(body, dict):
         raise InputError("body must be a JSON object", path="$")
+    if _SURROGATE_ESCAPE.search(raw):  # only then pay for the check
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("body contains an unpaired UTF-16 surrogate", path="$") from None
     return body
 
 
@@ -186,6 +196,20 @@ def feedback_summary(service_id: str) -> Response:
     return jsonify(engine().feedback_summary(service_id))
 
 
+OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.yaml"
+
+
+@cache
+def _openapi() -> dict[str, Any]:
+    return yaml.load(OPENAPI_FILE.read_text(encoding="utf-8"), Loader=YAML_LOADER)  # noqa: S506
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 description of this service, for integrators and fuzzers."""
+    return jsonify(_openapi())
+
+
 @bp.get("/healthz")
 def healthz() -> Response:
     cds = engine()
@@ -220,14 +244,15 @@ def security_headers(response: Response) -> Response:
 @bp.after_app_request
 def cors(response: Response) -> Response:
     """Let browser-based CDS clients (e.g. the CDS Hooks Sandbox) call the service."""
+    if request.method == "OPTIONS" and response.status_code == 200:
+        response.status_code = 204  # a preflight answer has no body
+        response.headers.pop("Content-Type", None)
     origin = request.headers.get("Origin")
     allowed = engine().settings.cors_origins
     if origin and ("*" in allowed or origin in allowed):
         response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
         response.vary.add("Origin")
-        if request.method == "OPTIONS" and response.status_code == 200:
-            response.status_code = 204  # a preflight answer has no body
-            response.headers.pop("Content-Type", None)
+        if request.method == "OPTIONS":
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
             response.headers["Access-Control-Max-Age"] = "86400"

@@ -222,7 +222,11 @@ class Terminology:
         if found:
             return list(found.values())
         texts = [concept.get("text")]
-        texts += [c.get("display") for c in codings or () if isinstance(c, Mapping)]
+        texts += (
+            [c.get("display") for c in codings if isinstance(c, Mapping)]
+            if isinstance(codings, list)
+            else []
+        )
         haystack = " ".join(normalise_text(t) for t in texts if isinstance(t, str))
         if not haystack:
             return []

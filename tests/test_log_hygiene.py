@@ -1,0 +1,288 @@
+"""No patient data and no access token in the logs, even at DEBUG.
+
+Every fixture request of the three services goes through the app with every log record
+captured at DEBUG: as sent; in French; without its prefetch, with a `fhirServer` and a
+`fhirAuthorization` token, against a FHIR server that answers 401 (so the app fetches, fails and
+logs why); with errors the service reports (a resource of another patient, an invalid value, a
+wrong hook, a deep body); and with feedback (accepted, overridden with a reason and a comment,
+on an unknown card). Then none of the strings that identify the fixture patients (Patient.id,
+name, birthDate, identifier values; collected from the fixture files themselves) nor the
+token may appear in the captured text.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from cds_service.app import create_app
+from tests.conftest import FIXTURE_ROOT, SERVICES, fixture_names, load_request, make_settings
+from tests.fhir_stub import StubFhirServer, fhir
+
+TOKEN = "hygiene-access-token-9c41e7"
+KEYS = ("patient", "conditions", "observations", "medications")
+
+
+# ----------------------------------------------------------------------------- patient data
+
+
+def _patients(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if node.get("resourceType") == "Patient":
+            yield node
+        for value in node.values():
+            yield from _patients(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _patients(value)
+
+
+def sensitive_strings() -> dict[str, set[str]]:
+    """What identifies a fixture patient, read from every fixture request file, by kind."""
+    found: dict[str, set[str]] = {"id": set(), "name": set(), "birthDate": set(), "mrn": set()}
+    for path in sorted(FIXTURE_ROOT.glob("*/*.request.json")):
+        request = json.loads(path.read_text(encoding="utf-8"))
+        found["id"].add(request["context"]["patientId"])
+        for patient in _patients(request):
+            found["id"].add(patient["id"])
+            found["birthDate"].add(patient["birthDate"])
+            found["mrn"] |= {i["value"] for i in patient.get("identifier", ()) if "value" in i}
+            for name in patient.get("name", ()):
+                found["name"] |= {name.get("family"), name.get("text"), *name.get("given", ())}
+    found["name"].discard(None)
+    return found
+
+
+SENSITIVE = sensitive_strings()
+
+
+def leak_patterns() -> list[tuple[str, re.Pattern[str]]]:
+    """One pattern per sensitive string. Names and ids match as whole words (a given name
+    "Marc" is not in "March", the patient id "fix-02" is not the resource id "fix-02-obs-1");
+    dates, identifier values and the token match anywhere."""
+    patterns = [("token", re.compile(re.escape(TOKEN)))]
+    for kind, values in SENSITIVE.items():
+        for value in sorted(values):
+            if kind == "name":
+                rx = rf"(?<!\w){re.escape(value)}(?!\w)"
+            elif kind == "id":
+                rx = rf"(?<![\w.-]){re.escape(value)}(?![\w.-])"
+            else:
+                rx = re.escape(value)
+            patterns.append((f"{kind} {value!r}", re.compile(rx)))
+    return patterns
+
+
+def test_the_fixtures_hold_patient_data() -> None:
+    """The check below looks for something: every fixture patient has all four kinds."""
+    requests = sum(len(fixture_names(hook)) for hook in SERVICES)
+    assert requests >= 30
+    for kind, values in SENSITIVE.items():
+        assert len(values) >= requests // 2, (kind, values)
+    assert all(v.startswith("fix-") for v in SENSITIVE["id"])
+
+
+def test_the_detector_finds_leaks() -> None:
+    def found(text: str) -> list[str]:
+        return [what for what, pattern in leak_patterns() if pattern.search(text)]
+
+    patient = next(_patients(load_request("02-aluminium-egfr-22")))
+    name = patient["name"][0]
+    for leak in (
+        f"eGFR of {name['family']}",
+        f"given={name['given'][0]}",
+        f"born {patient['birthDate']}T00:00",
+        f"mrn={patient['identifier'][0]['value']}",
+        f"GET /fhir/Patient/{patient['id']}?x",
+        f"Bearer {TOKEN}",
+    ):
+        assert found(leak), leak
+    assert not found(f"Observation/{patient['id']}-obs-1 in March, hookInstance=abc")
+
+
+# ----------------------------------------------------------------------------- the calls
+
+
+def without_prefetch(body: dict[str, Any], server: str) -> dict[str, Any]:
+    """The request with no prefetch, asking the app to fetch from `server` with TOKEN."""
+    body = copy.deepcopy(body)
+    body.pop("prefetch", None)
+    body["fhirServer"] = server
+    body["fhirAuthorization"] = {
+        "access_token": TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "user/*.read",
+        "subject": "calcinosis-cds",
+        "patient": body["context"]["patientId"],
+    }
+    return body
+
+
+def resources(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = (body.get("prefetch") or {}).get(key)
+    if not isinstance(value, dict):
+        return []
+    if value.get("resourceType") == "Bundle":
+        return [e["resource"] for e in value.get("entry", ()) if isinstance(e, dict)]
+    return [value]
+
+
+def faulty_variants(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Requests the service rejects, where an error message could quote patient data."""
+    variants = []
+    patient = resources(body, "patient")
+    if patient:
+        other = copy.deepcopy(body)  # a Patient resource that is not the patient in context
+        other["prefetch"]["patient"]["id"] = "someone-else"
+        variants.append(other)
+        bad_date = copy.deepcopy(body)  # an invalid birth date that still carries the real one
+        bad_date["prefetch"]["patient"]["birthDate"] = patient[0]["birthDate"] + "-x"
+        variants.append(bad_date)
+        bad_name = copy.deepcopy(body)  # a name of the wrong type, with the real name in it
+        bad_name["prefetch"]["patient"]["name"] = {"family": patient[0]["name"]}
+        variants.append(bad_name)
+    for key in ("conditions", "observations", "medications"):
+        found = resources(body, key)
+        if found:
+            foreign = copy.deepcopy(body)  # a resource of another patient
+            resources(foreign, key)[0]["subject"] = {"reference": "Patient/someone-else"}
+            variants.append(foreign)
+            bad_status = copy.deepcopy(body)  # a status of the wrong type (once a 500)
+            resources(bad_status, key)[0]["status"] = {"patient": body["context"]["patientId"]}
+            variants.append(bad_status)
+    wrong_hook = copy.deepcopy(body)
+    wrong_hook["hook"] = "order-dispatch"
+    variants.append(wrong_hook)
+    return variants
+
+
+def feedback_calls(client: FlaskClient, sid: str, cards: list[dict[str, Any]]) -> None:
+    for card in cards:
+        item: dict[str, Any] = {"card": card["uuid"], "outcomeTimestamp": "2026-11-23T12:00:00Z"}
+        suggestions = [s["uuid"] for s in card.get("suggestions", ()) if "uuid" in s]
+        if suggestions:
+            accepted = {
+                **item,
+                "outcome": "accepted",
+                "acceptedSuggestions": [{"id": suggestions[0]}],
+            }
+            client.post(f"/cds-services/{sid}/feedback", json={"feedback": [accepted]})
+        reason: dict[str, Any] = {"userComment": "patient declined"}
+        if card.get("overrideReasons"):
+            reason["reason"] = card["overrideReasons"][0]
+        overridden = {**item, "outcome": "overridden", "overrideReason": reason}
+        response = client.post(f"/cds-services/{sid}/feedback", json={"feedback": [overridden]})
+        assert response.status_code == 200, response.get_json()
+    unknown = {
+        "card": "not-a-card",
+        "outcome": "overridden",
+        "outcomeTimestamp": "2026-11-23T12:00:00Z",
+    }
+    assert (
+        client.post(f"/cds-services/{sid}/feedback", json={"feedback": [unknown]}).status_code
+        == 400
+    )
+
+
+@pytest.fixture
+def unauthorized_fhir() -> Iterator[StubFhirServer]:
+    """A FHIR server that answers 401 to every query."""
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "login", "diagnostics": "token rejected"}],
+    }
+    with StubFhirServer({"/fhir": lambda _path: fhir(outcome, 401)}) as stub:
+        yield stub
+
+
+def capture_everything(caplog: pytest.LogCaptureFixture, loggers: tuple[str, ...]) -> None:
+    """Capture at DEBUG: the root logger (so every logger without a level of its own: the
+    service's, SQLAlchemy's with its SQL and rows) and `loggers` whatever their level."""
+    for name in ("", *loggers):
+        caplog.set_level(logging.DEBUG, logger=name)
+
+
+def leaks_in(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Each captured record (as formatted, traceback included) that holds a sensitive string."""
+    return [
+        f"{what} in: {record.name} {record.levelname} {record.getMessage()[:300]!r}"
+        for record in caplog.records
+        for what, pattern in leak_patterns()
+        if pattern.search(caplog.handler.format(record))
+    ]
+
+
+@pytest.mark.parametrize("hook", list(SERVICES))
+def test_no_patient_data_or_token_in_the_logs(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    unauthorized_fhir: StubFhirServer,
+    hook: str,
+) -> None:
+    """Everything at DEBUG, httpx and httpcore included (whatever level create_app gives
+    them; see also test_httpx_request_urls_never_reach_the_logs)."""
+    sid = SERVICES[hook]
+    app = create_app(
+        make_settings(tmp_path, log_level="DEBUG", fhir_servers=(unauthorized_fhir.base_url,))
+    )
+    capture_everything(caplog, ("cds_service", "werkzeug", "sqlalchemy", "httpx", "httpcore"))
+    client = app.test_client()
+    statuses: dict[str, list[int]] = {"plain": [], "fetch": [], "faulty": []}
+    try:
+        for name in fixture_names(hook):
+            body = load_request(name, hook)
+            url = f"/cds-services/{sid}"
+            response = client.post(url, json=body)
+            statuses["plain"].append(response.status_code)
+            cards = response.get_json()["cards"]
+            client.post(url, json=body, headers={"Accept-Language": "fr"})
+            fetched = client.post(url, json=without_prefetch(body, unauthorized_fhir.base_url))
+            statuses["fetch"].append(fetched.status_code)
+            statuses["faulty"] += [
+                client.post(url, json=b).status_code for b in faulty_variants(body)
+            ]
+            client.post(url, data="[" * 80 + "]" * 80, content_type="application/json")
+            feedback_calls(client, sid, cards)
+        client.get(f"/cds-services/{sid}/feedback/summary")
+    finally:
+        app.extensions["cds_engine"].close()
+
+    # The calls did what they were meant to, and the capture saw them.
+    assert set(statuses["plain"]) == {200}
+    assert set(statuses["fetch"]) == {412}
+    assert 400 in statuses["faulty"]
+    assert len(unauthorized_fhir.seen) >= 4 * len(fixture_names(hook))
+    assert all(s.headers.get("Authorization") == f"Bearer {TOKEN}" for s in unauthorized_fhir.seen)
+    text = caplog.text
+    assert f"service={sid}" in text
+    assert "FHIR fetch failed" in text
+    assert any(r.levelno == logging.DEBUG for r in caplog.records)
+
+    leaks = leaks_in(caplog)
+    assert not leaks, "\n".join(leaks[:20])
+
+
+def test_httpx_request_urls_never_reach_the_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, unauthorized_fhir: StubFhirServer
+) -> None:
+    app = create_app(
+        make_settings(tmp_path, log_level="DEBUG", fhir_servers=(unauthorized_fhir.base_url,))
+    )
+    capture_everything(caplog, ("httpx", "httpcore"))
+    try:
+        body = without_prefetch(load_request("02-aluminium-egfr-22"), unauthorized_fhir.base_url)
+        response = app.test_client().post(f"/cds-services/{SERVICES['patient-view']}", json=body)
+    finally:
+        app.extensions["cds_engine"].close()
+    assert response.status_code == 412
+    leaks = leaks_in(caplog)
+    assert not leaks, "\n".join(leaks[:20])
