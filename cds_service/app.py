@@ -24,9 +24,10 @@ def _verifier(settings: Settings, store: Store) -> JwtVerifier | None:
         )
         return None
     assert settings.trusted_issuers_file is not None
-    issuers = load_issuers(settings.trusted_issuers_file)
+    issuers = load_issuers(settings.trusted_issuers_file)  # refuses a file with no issuer
     return JwtVerifier(
         issuers,
+        algorithms=settings.jwt_algorithms,
         replay=lambda iss, jti, until: store.remember_jti(iss, jti, until, settings.now()),
         clock=settings.clock,
     )

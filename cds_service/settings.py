@@ -63,6 +63,8 @@ class Settings:
     auth: str = "off"
     trusted_issuers_file: Path | None = None  # JSON file, see the README, "Security"
     public_base_url: str | None = None  # the URL clients call, for the JWT `aud` check
+    # JWT algorithms accepted; others are opt-in here ("none" and HS* are always refused).
+    jwt_algorithms: tuple[str, ...] = ("ES384", "RS384")
     # Production mode refuses to start with an unsafe configuration (see check_production).
     production: bool = False
     # Injected clock: the only source of "now" for staleness and ages (tests pin it).
@@ -135,6 +137,8 @@ class Settings:
             kwargs["auth"] = auth.strip().lower()
         if issuers := env.get("CDS_TRUSTED_ISSUERS"):
             kwargs["trusted_issuers_file"] = Path(issuers)
+        if algorithms := env.get("CDS_JWT_ALGORITHMS"):
+            kwargs["jwt_algorithms"] = tuple(a.strip() for a in algorithms.split(",") if a.strip())
         if base := env.get("CDS_PUBLIC_BASE_URL"):
             kwargs["public_base_url"] = base.rstrip("/")
         if env.get("CDS_PRODUCTION", "").strip().lower() in ("1", "true", "yes"):

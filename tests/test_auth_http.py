@@ -154,3 +154,31 @@ def test_the_sandbox_example_file_loads() -> None:
     )
     sandbox = issuers["https://sandbox.cds-hooks.org"]
     assert sandbox.allowed_jku == ("https://sandbox.cds-hooks.org/.well-known/jwks.json",)
+
+
+def test_an_issuers_file_without_issuers_stops_the_start(tmp_path: Path) -> None:
+    empty = tmp_path / "issuers.json"
+    empty.write_text('{"issuers": []}')
+    with (
+        pytest.raises(ValueError, match="non-empty 'issuers'"),
+        app_with(tmp_path, auth="jwt", trusted_issuers_file=empty),
+    ):
+        pass
+
+
+def test_algorithms_are_opt_in(tmp_path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    # Only RS384 configured: an ES384 token is refused.
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    path = tmp_path / "issuers.json"
+    path.write_text(
+        json.dumps({"issuers": [{"iss": ISS, "jwks": {"keys": [{**public, "kid": "k1"}]}}]})
+    )
+    with app_with(
+        tmp_path,
+        auth="jwt",
+        trusted_issuers_file=path,
+        public_base_url=BASE,
+        jwt_algorithms=("RS384",),
+    ) as app:
+        tok = token(key, "/cds-services")
+        assert app.test_client().get("/cds-services", headers=headers(tok)).status_code == 401
