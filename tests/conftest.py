@@ -228,3 +228,15 @@ def by_rule(cards: list[dict[str, Any]], rule: str) -> dict[str, Any]:
 
 def expected_indicators(name: str, hook: str = "patient-view") -> list[str]:
     return [c["indicator"] for c in load_expected(name, hook)["cards"]]
+
+
+def fhir_authorization(token: str, **extra: str) -> dict[str, Any]:
+    """A CDS Hooks `fhirAuthorization` object carrying `token`."""
+    return {
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "user/*.read",
+        "subject": "calcinosis-cds",
+        **extra,
+    }

@@ -18,6 +18,7 @@ from tests.conftest import (
     SERVICE_URL,
     app_with,
     expected_indicators,
+    fhir_authorization,
     fixture_names,
     load_request,
 )
@@ -59,13 +60,7 @@ def call(tmp_path: Path, stub: StubFhirServer, drop: tuple[str, ...], **settings
     for key in drop:
         body["prefetch"].pop(key)
     body["fhirServer"] = stub.base_url
-    body["fhirAuthorization"] = {
-        "access_token": TOKEN,
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "user/*.read",
-        "subject": "calcinosis-cds",
-    }
+    body["fhirAuthorization"] = fhir_authorization(TOKEN)
     return post(tmp_path, body, **{"fhir_servers": (stub.base_url,), **settings})
 
 
@@ -275,13 +270,7 @@ def test_cards_from_the_fhir_server_equal_cards_from_prefetch(
     body = load_request(name)
     body.pop("prefetch")
     body["fhirServer"] = sekmet
-    body["fhirAuthorization"] = {
-        "access_token": SEKMET_TOKEN,
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "user/*.read",
-        "subject": "calcinosis-cds",
-    }
+    body["fhirAuthorization"] = fhir_authorization(SEKMET_TOKEN)
     with app_with(tmp_path, fhir_servers=(sekmet,)) as app:
         client = app.test_client()
         full = client.post(SERVICE_URL, json=load_request(name))
@@ -301,13 +290,7 @@ def test_real_fhir_server_refuses_a_wrong_token(tmp_path: Path, sekmet: str) -> 
     body = load_request("02-aluminium-egfr-22")
     body.pop("prefetch")
     body["fhirServer"] = sekmet
-    body["fhirAuthorization"] = {
-        "access_token": "not-the-token",
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "user/*.read",
-        "subject": "calcinosis-cds",
-    }
+    body["fhirAuthorization"] = fhir_authorization("not-the-token")
     response = post(tmp_path, body, fhir_servers=(sekmet,))
     assert response.status_code == 412
     assert "HTTP 401" in response.json["issue"][0]["diagnostics"]

@@ -24,7 +24,14 @@ import pytest
 from flask.testing import FlaskClient
 
 from cds_service.app import create_app
-from tests.conftest import FIXTURE_ROOT, SERVICES, fixture_names, load_request, make_settings
+from tests.conftest import (
+    FIXTURE_ROOT,
+    SERVICES,
+    fhir_authorization,
+    fixture_names,
+    load_request,
+    make_settings,
+)
 from tests.fhir_stub import StubFhirServer, fhir
 
 TOKEN = "hygiene-access-token-9c41e7"
@@ -116,14 +123,7 @@ def without_prefetch(body: dict[str, Any], server: str) -> dict[str, Any]:
     body = copy.deepcopy(body)
     body.pop("prefetch", None)
     body["fhirServer"] = server
-    body["fhirAuthorization"] = {
-        "access_token": TOKEN,
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "user/*.read",
-        "subject": "calcinosis-cds",
-        "patient": body["context"]["patientId"],
-    }
+    body["fhirAuthorization"] = fhir_authorization(TOKEN, patient=body["context"]["patientId"])
     return body
 
 
