@@ -521,14 +521,20 @@ def _interpretation(res: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(codes)
 
 
-def _upper_limit(concept: str, res: Mapping[str, Any], spellings: list[str]) -> float | None:
-    """The first reference range's upper limit, in the canonical unit (its own unit, else the
-    value's)."""
+def _range_high(res: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The `high` Quantity of the first reference range, when the lab sent one."""
     ranges = res.get("referenceRange")
     if not isinstance(ranges, list) or not ranges or not isinstance(ranges[0], Mapping):
         return None
     high = ranges[0].get("high")
-    if not isinstance(high, Mapping) or high.get("value") is None:
+    return high if isinstance(high, Mapping) and high.get("value") is not None else None
+
+
+def _upper_limit(concept: str, res: Mapping[str, Any], spellings: list[str]) -> float | None:
+    """The first reference range's upper limit, in the canonical unit (its own unit, else the
+    value's)."""
+    high = _range_high(res)
+    if high is None:
         return None
     own = [u for u in (high.get("code"), high.get("unit")) if isinstance(u, str)]
     return units.to_canonical(concept, float(high["value"]), own or spellings)
@@ -559,12 +565,8 @@ def _coded_result(
         if isinstance(quantity, Mapping) and quantity.get("value") is not None
         else None
     )
-    high = None
-    ranges = res.get("referenceRange")
-    if isinstance(ranges, list) and ranges and isinstance(ranges[0], Mapping):
-        limit = ranges[0].get("high")
-        if isinstance(limit, Mapping) and limit.get("value") is not None:
-            high = float(limit["value"])
+    limit = _range_high(res)
+    high = float(limit["value"]) if limit is not None else None
     flags = _interpretation(res)
     if not values and not texts and amount is None and not flags:
         return None
