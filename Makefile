@@ -17,6 +17,7 @@ help:
 	@echo "make test    lint (ruff) and run the whole test suite"
 	@echo "make format  format the code with ruff"
 	@echo "make fixtures  regenerate fixtures/ (AS_OF=YYYY-MM-DD to re-anchor the dates)"
+	@echo "make bench   benchmark against a minimal Flask floor; writes the table into README.md"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"' \
@@ -34,8 +35,8 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed-run
 	@mkdir -p var
-	DATABASE_URL='$(DATABASE_URL)' $(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) \
-		--access-logfile - 'cds_service.app:create_app()'
+	DATABASE_URL='$(DATABASE_URL)' $(BIN)/calcinosis-cds serve --host $(HOST) --port $(PORT) \
+		--workers $(WORKERS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
@@ -43,9 +44,13 @@ lint: $(VENV)/.installed-test
 
 # The store tests also run against PostgreSQL: scripts/ensure-postgres starts (or, as root on
 # Debian, installs) it on 127.0.0.1:5432 and says so when it cannot; those tests then skip.
+# The preview page's browser tests need Chromium: scripts/ensure-browser finds (or, as root on
+# Debian, installs) one and says so when it cannot; those tests then skip.
 test: lint
 	@TEST_POSTGRES_URL="$$(PY=$(BIN)/python scripts/ensure-postgres)"; export TEST_POSTGRES_URL; \
 		echo "PostgreSQL for the store tests: $${TEST_POSTGRES_URL:-none (skipped)}"; \
+		CDS_TEST_CHROMIUM="$$(scripts/ensure-browser)"; export CDS_TEST_CHROMIUM; \
+		echo "Chromium for the preview page tests: $${CDS_TEST_CHROMIUM:-none (skipped)}"; \
 		$(BIN)/python -m pytest
 
 format: $(VENV)/.installed-test
@@ -57,3 +62,15 @@ fixtures: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
+
+# Benchmark against the floor (bench/run.py, README "Performance"): about two minutes; writes
+# the table into README.md. bench/ensure-wrk finds (or, as root on Debian, installs) wrk; without
+# it the run says so and uses its Python load generator. BENCH_ARGS=--quick for a smoke run.
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	@touch $@ $(VENV)/.installed-run
+
+.PHONY: bench
+bench: $(VENV)/.installed-bench
+	@bash bench/ensure-wrk
+	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -6,8 +6,10 @@ import logging
 
 from flask import Flask
 
+from cds_service import preview
 from cds_service.engine import CdsEngine
 from cds_service.hooks.http import bp, register_error_handlers
+from cds_service.observability import configure_logging
 from cds_service.settings import Settings
 from cds_service.store import Store
 from cds_service.trust import JwtVerifier, load_issuers
@@ -36,12 +38,7 @@ def _verifier(settings: Settings, store: Store) -> JwtVerifier | None:
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app; with no settings, read them from the environment."""
     settings = settings or Settings.from_env()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    # httpx logs each request URL at INFO; FHIR query URLs carry the patient id.
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format)
     store = Store.from_url(settings.database_url)
     store.create_schema()
 
@@ -50,8 +47,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # keep cards in the order the spec documents them
-    app.extensions["cds_engine"] = CdsEngine(settings, store)
+    cds = CdsEngine(settings, store)
+    app.extensions["cds_engine"] = cds
+    app.extensions["cds_metrics"] = cds.metrics  # None with CDS_METRICS=off
     app.extensions["cds_verifier"] = _verifier(settings, store)
     app.register_blueprint(bp)
+    if settings.preview:  # the card preview page at "/" (a developer tool, CDS_PREVIEW)
+        app.register_blueprint(preview.bp)
     register_error_handlers(app)
     return app

@@ -17,7 +17,7 @@ from typing import Any
 
 from cds_service import rules
 from cds_service.cards import INDICATORS, Renderer, load_library
-from cds_service.errors import InputError, NotFound
+from cds_service.errors import InputError, NotFound, PrefetchUnavailable
 from cds_service.fhir import prefetch
 from cds_service.fhir.client import FhirFetcher
 from cds_service.fhir.record import Located, build_record, warm_up
@@ -25,6 +25,7 @@ from cds_service.hooks.services import ServiceDefinition, load_services
 from cds_service.hooks.validation import first_violation
 from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.safety import table_valuesets
+from cds_service.observability import Metrics, create_metrics
 from cds_service.rules.base import Finding
 from cds_service.settings import DEVELOPMENT_HASH_KEY, Settings
 from cds_service.store import FeedbackEntry, IssuedCard, Store
@@ -67,10 +68,17 @@ class CdsEngine:
         )
         if settings.hash_key == DEVELOPMENT_HASH_KEY:
             log.warning("CDS_HASH_KEY is not set: using the development key")
+        # Prometheus metrics (None with CDS_METRICS=off): label values come from this catalogue.
+        self.metrics: Metrics | None = (
+            create_metrics({s.id: s.hook for s in self.services.values()})
+            if settings.metrics
+            else None
+        )
         self.fetcher = FhirFetcher(
             settings.fhir_timeout_ms / 1000,
             settings.fhir_deadline_ms / 1000,
             settings.fhir_page_limit,
+            observer=self.metrics.fetched if self.metrics is not None else None,
         )
 
     def close(self) -> None:
@@ -118,7 +126,11 @@ class CdsEngine:
             self.settings.fhir_servers if fhir_servers is None else fhir_servers,
             require_https=self.settings.production,
         )
-        found = prefetch.resolve(service.prefetch, body, policy)
+        try:
+            found = prefetch.resolve(service.prefetch, body, policy)
+        except PrefetchUnavailable as exc:
+            self._count_unsent(exc.keys, body, policy)
+            raise
         now = self.settings.now()
         drafts = draft_orders(body["context"]) if service.hook in ORDER_HOOKS else None
         record = build_record(found.resources, patient_id, self.terminology, now, drafts)
@@ -154,6 +166,23 @@ class CdsEngine:
         except Exception as exc:  # noqa: BLE001 - memory is best effort
             log.error("could not remember cautions: %s", type(exc).__name__)
         return Evaluation({"cards": [cards[i] for i in order]}, issued)
+
+    def _count_unsent(
+        self, keys: list[str], body: Mapping[str, Any], policy: prefetch.FetchPolicy
+    ) -> None:
+        """Metrics of the keys that were not fetched because nothing could be sent (the
+        fetcher counts the queries it sent)."""
+        if self.metrics is None:
+            return
+        server = body.get("fhirServer")
+        if not isinstance(server, str):
+            outcome = "no_server"
+        elif policy.fetcher is None or not policy.permits(server):
+            outcome = "refused_server"
+        else:
+            return  # sent and failed: already counted
+        for key in keys:
+            self.metrics.fetched(key, outcome, None)
 
     def _unrepeated(
         self, hook: str, patient_id: str, encounter_id: str, findings: list[Finding], now: datetime

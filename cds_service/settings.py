@@ -15,6 +15,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CARDS_DIR = PACKAGE_DIR.parent / "cards"
+DEFAULT_FIXTURES_DIR = PACKAGE_DIR.parent / "fixtures"
 SUPPORTED_LANGUAGES = ("en", "fr")
 
 
@@ -35,6 +36,15 @@ class SettingsError(ValueError):
     """A setting has a value the service cannot run with; the message says which and why."""
 
 
+def _flag(var: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{var} must be on or off (1/0, true/false), not {raw!r}")
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -50,6 +60,10 @@ class Settings:
     cors_origins: tuple[str, ...] = ("*",)
     cards_dir: Path = DEFAULT_CARDS_DIR
     log_level: str = "INFO"
+    # Log lines: "json" (one JSON object per line, for log collectors) or "text" (for humans).
+    log_format: str = "json"
+    # Prometheus metrics at GET /metrics (public like /healthz: restrict it at the proxy).
+    metrics: bool = True
     # FHIR servers this service may query when prefetch is missing (base URLs; none by default).
     fhir_servers: tuple[str, ...] = ()
     fhir_timeout_ms: int = 800
@@ -65,6 +79,10 @@ class Settings:
     public_base_url: str | None = None  # the URL clients call, for the JWT `aud` check
     # JWT algorithms accepted; others are opt-in here ("none" and HS* are always refused).
     jwt_algorithms: tuple[str, ...] = ("ES384", "RS384")
+    # The card preview page at "/" (a developer tool): on unless production mode is on.
+    preview: bool | None = None
+    # Synthetic fixture patients offered by the preview page (absent: none offered).
+    fixtures_dir: Path = DEFAULT_FIXTURES_DIR
     # Production mode refuses to start with an unsafe configuration (see check_production).
     production: bool = False
     # Injected clock: the only source of "now" for staleness and ages (tests pin it).
@@ -91,12 +109,16 @@ class Settings:
         for server in self.fhir_servers:
             if not server.startswith(("https://", "http://")):
                 raise SettingsError(f"CDS_FHIR_SERVERS: {server!r} is not an http(s) base URL")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError(f"LOG_FORMAT must be json or text, not {self.log_format!r}")
         if self.auth not in ("off", "jwt"):
             raise SettingsError(f"CDS_AUTH must be 'off' or 'jwt', not {self.auth!r}")
         if self.auth == "jwt" and self.trusted_issuers_file is None:
             raise SettingsError("CDS_AUTH=jwt needs CDS_TRUSTED_ISSUERS (a JSON file of issuers)")
         if not self.cards_dir.is_dir():
             raise SettingsError(f"CDS_CARDS_DIR {str(self.cards_dir)!r} is not a directory")
+        if self.preview is None:
+            object.__setattr__(self, "preview", not self.production)
         if self.production:
             self.check_production()
 
@@ -113,6 +135,8 @@ class Settings:
             problems.append("CDS_FHIR_SERVERS must all be https")
         if self.database_url.startswith("sqlite") and ":memory:" in self.database_url:
             problems.append("DATABASE_URL must be persistent")
+        if self.preview:
+            problems.append("CDS_PREVIEW must be off (the preview page is a developer tool)")
         if problems:
             raise SettingsError("production mode: " + "; ".join(problems))
 
@@ -141,16 +165,24 @@ class Settings:
             kwargs["jwt_algorithms"] = tuple(a.strip() for a in algorithms.split(",") if a.strip())
         if base := env.get("CDS_PUBLIC_BASE_URL"):
             kwargs["public_base_url"] = base.rstrip("/")
-        if env.get("CDS_PRODUCTION", "").strip().lower() in ("1", "true", "yes"):
-            kwargs["production"] = True
+        if production := env.get("CDS_PRODUCTION"):
+            kwargs["production"] = _flag("CDS_PRODUCTION", production)
         if servers := env.get("CDS_FHIR_SERVERS"):
             kwargs["fhir_servers"] = tuple(s.strip() for s in servers.split(",") if s.strip())
         if origins := env.get("CDS_CORS_ORIGINS"):
             kwargs["cors_origins"] = tuple(o.strip() for o in origins.split(",") if o.strip())
         if cards := env.get("CDS_CARDS_DIR"):
             kwargs["cards_dir"] = Path(cards)
+        if fixtures := env.get("CDS_FIXTURES_DIR"):
+            kwargs["fixtures_dir"] = Path(fixtures)
+        if preview := env.get("CDS_PREVIEW"):
+            kwargs["preview"] = _flag("CDS_PREVIEW", preview)
         if level := env.get("LOG_LEVEL"):
             kwargs["log_level"] = level.strip().upper()
+        if log_format := env.get("LOG_FORMAT"):
+            kwargs["log_format"] = log_format.strip().lower()
+        if metrics := env.get("CDS_METRICS"):
+            kwargs["metrics"] = _flag("CDS_METRICS", metrics)
         return cls(**kwargs)  # type: ignore[arg-type]
 
     def now(self) -> datetime:

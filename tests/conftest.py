@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import time as clock
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,12 +13,14 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 
 from cds_service.app import create_app
+from cds_service.fixture_set import transaction_bundle
 from cds_service.hooks.validation import violations
 from cds_service.settings import Settings
 
@@ -135,26 +139,56 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 SEKMET_TOKEN = "sekmet-test-token-7f3a"  # the only bearer token the test FHIR server accepts
 
 
+def wait_until_up(
+    url: str, process: subprocess.Popen[Any], log: Path | None = None, within_s: float = 60
+) -> None:
+    """Wait until `url` answers 200, or fail with how the server ended and its log's tail."""
+    deadline = clock.monotonic() + within_s
+    while clock.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        clock.sleep(0.05)
+    status = process.poll()
+    state = f"exited with {status}" if status is not None else f"did not answer in {within_s} s"
+    tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
+    pytest.fail(f"the server of {url} {state}\n{tail}")
+
+
+def fixture_resources(
+    name: str, hook: str = "patient-view", drafts: bool = True
+) -> list[dict[str, Any]]:
+    """The FHIR resources of a fixture patient: what its prefetch carries, and (unless
+    `drafts` is false) its draft orders."""
+    request = load_request(name, hook)
+    found: list[dict[str, Any]] = []
+    for value in request["prefetch"].values():
+        if value is None:
+            continue
+        if value["resourceType"] == "Bundle":
+            found += [entry["resource"] for entry in value.get("entry", [])]
+        else:
+            found.append(value)
+    if drafts and "draftOrders" in request["context"]:
+        found += [entry["resource"] for entry in request["context"]["draftOrders"]["entry"]]
+    return found
+
+
+def collection(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """A FHIR Bundle of type collection holding `resources`."""
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in resources],
+    }
+
+
 def fixture_transaction(names: list[str]) -> dict[str, Any]:
-    """A FHIR transaction Bundle that PUTs every resource of the named fixture patients."""
-    entries = []
-    for name in names:
-        for value in load_request(name)["prefetch"].values():
-            if value is None:
-                continue
-            resources = (
-                [e["resource"] for e in value.get("entry", [])]
-                if value["resourceType"] == "Bundle"
-                else [value]
-            )
-            entries += [
-                {
-                    "resource": r,
-                    "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
-                }
-                for r in resources
-            ]
-    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    """A FHIR transaction Bundle that PUTs every resource of the named fixture patients: what
+    `calcinosis-cds export-fixtures` writes."""
+    return transaction_bundle(load_request(name) for name in names)
 
 
 @pytest.fixture(scope="session")
@@ -164,11 +198,7 @@ def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     Yields its base URL. It accepts only `Authorization: Bearer SEKMET_TOKEN`.
     """
     import socket
-    import subprocess
     import sys
-    import time as clock
-
-    import httpx
 
     work = tmp_path_factory.mktemp("sekmet")
     with socket.socket() as sock:
@@ -197,15 +227,7 @@ def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     auth = {"Authorization": f"Bearer {SEKMET_TOKEN}"}
     try:
-        for _ in range(150):
-            try:
-                if httpx.get(f"{base}/metadata", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            clock.sleep(0.1)
-        else:
-            pytest.fail("sekmet-fhir did not start within 15 s")
+        wait_until_up(f"{base}/metadata", process)
         loaded = httpx.post(
             base,
             json=fixture_transaction(fixture_names()),

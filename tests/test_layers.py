@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cds_service"
-FLASK_ALLOWED = {"app.py", "hooks/http.py"}
+FLASK_ALLOWED = {"app.py", "hooks/http.py", "preview/routes.py"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -24,6 +24,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from cds_service.app import create_app
+from cds_service.observability import JsonFormatter, TextFormatter
 from tests.conftest import (
     FIXTURE_ROOT,
     SERVICES,
@@ -211,14 +212,41 @@ def capture_everything(caplog: pytest.LogCaptureFixture, loggers: tuple[str, ...
         caplog.set_level(logging.DEBUG, logger=name)
 
 
-def leaks_in(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """Each captured record (as formatted, traceback included) that holds a sensitive string."""
+def formatted(record: logging.LogRecord) -> list[str]:
+    """The record as pytest shows it and as the service writes it (LOG_FORMAT json and text,
+    structured fields included); the JSON line decoded again, so that an escaped accent in a
+    name cannot hide it."""
+    line = JsonFormatter().format(record)
+    decoded = json.dumps(json.loads(line), ensure_ascii=False)
+    return [logging.Formatter().format(record), line, decoded, TextFormatter().format(record)]
+
+
+def leaks_in_records(records: list[logging.LogRecord]) -> list[str]:
+    """Each record (as formatted, traceback included) that holds a sensitive string."""
+    patterns = leak_patterns()
     return [
         f"{what} in: {record.name} {record.levelname} {record.getMessage()[:300]!r}"
-        for record in caplog.records
-        for what, pattern in leak_patterns()
-        if pattern.search(caplog.handler.format(record))
+        for record in records
+        for text in formatted(record)
+        for what, pattern in patterns
+        if pattern.search(text)
     ]
+
+
+def leaks_in(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return leaks_in_records(caplog.records)
+
+
+def test_the_detector_finds_leaks_in_structured_fields() -> None:
+    """A patient name in a structured field is found, even where the JSON line escapes it."""
+    name = sorted(n for n in SENSITIVE["name"] if not n.isascii())[0]
+    record = logging.LogRecord("cds_service.x", logging.INFO, __file__, 1, "call", (), None)
+    record.detail = f"seen {name} here"
+    assert name not in JsonFormatter().format(record)  # escaped: "\u00e9" and the like
+    assert leaks_in_records([record])
+    assert not leaks_in_records(
+        [logging.LogRecord("cds_service.x", logging.INFO, __file__, 1, "call", (), None)]
+    )
 
 
 @pytest.mark.parametrize("hook", list(SERVICES))
@@ -263,8 +291,16 @@ def test_no_patient_data_or_token_in_the_logs(
     assert len(unauthorized_fhir.seen) >= 4 * len(fixture_names(hook))
     assert all(s.headers.get("Authorization") == f"Bearer {TOKEN}" for s in unauthorized_fhir.seen)
     text = caplog.text
-    assert f"service={sid}" in text
     assert "FHIR fetch failed" in text
+    # Each record is one JSON line; every hook call is logged with its service, status and
+    # hookInstance (failed ones too, once the body could be read).
+    lines = [JsonFormatter().format(r) for r in caplog.records]
+    assert all("\n" not in line and json.loads(line)["level"] for line in lines)
+    calls = [json.loads(line) for line in lines if json.loads(line)["message"] == "hook call"]
+    assert {c["service"] for c in calls} == {sid}
+    assert {c["status"] for c in calls} >= {200, 400, 412}
+    assert all(c.get("hookInstance") for c in calls if c["status"] in (200, 412))
+    assert any(c.get("error_path") for c in calls if c["status"] == 400)
     assert any(r.levelno == logging.DEBUG for r in caplog.records)
 
     leaks = leaks_in(caplog)

@@ -5,8 +5,9 @@
   deadline has failed.
 - Bundle ``next`` links are followed up to a page limit, and only while they stay on the same
   FHIR server: the access token is never sent anywhere else.
-- Every failure becomes a short reason ("HTTP 401", "timed out", "not FHIR JSON"). Reasons and
-  logs never contain the access token, and never the URL (it carries the patient id).
+- Every failure becomes a short reason ("HTTP 401", "timed out", "not FHIR JSON") and an
+  outcome from a fixed list (for metrics). Reasons and logs never contain the access token,
+  and never the URL (it carries the patient id).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -39,11 +40,29 @@ logging.getLogger("httpx").addFilter(_NoRequestUrls())
 
 
 class FetchError(Exception):
-    """One query could not be answered; `reason` is safe to show and to log."""
+    """One query could not be answered; `reason` is safe to show and to log; `outcome` is one
+    of http_error, timeout, deadline, connection_error, invalid_response."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, outcome: str = "invalid_response") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.outcome = outcome
+
+
+DEADLINE = "no answer before the deadline"
+
+# Told of every query: (prefetch key, outcome, seconds until answered or given up).
+QueryObserver = Callable[[str, str, float], None]
+
+
+@dataclass
+class _Answer:
+    """What one query came to, in its thread, and how long that took."""
+
+    seconds: float
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    truncated: bool = False
+    error: FetchError | None = None
 
 
 @dataclass
@@ -58,10 +77,17 @@ class FetchResult:
 class FhirFetcher:
     """A FHIR REST client for prefetch queries, shared by all requests of a worker."""
 
-    def __init__(self, timeout_s: float, deadline_s: float, page_limit: int) -> None:
+    def __init__(
+        self,
+        timeout_s: float,
+        deadline_s: float,
+        page_limit: int,
+        observer: QueryObserver | None = None,
+    ) -> None:
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
         self.page_limit = page_limit
+        self.observer = observer
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None  # created on the first fetch
         self._pool: ThreadPoolExecutor | None = None
@@ -86,31 +112,60 @@ class FhirFetcher:
     def fetch(self, base_url: str, token: str | None, queries: Mapping[str, str]) -> FetchResult:
         """Run `queries` (key -> relative URL) against `base_url` concurrently."""
         client, pool = self._open()
-        deadline = time.monotonic() + self.deadline_s
+        started = time.monotonic()
+        deadline = started + self.deadline_s
         base = base_url.rstrip("/") + "/"
         futures = {
-            key: pool.submit(self._fetch_query, client, base, token, query, deadline)
+            key: pool.submit(self._timed_query, client, base, token, query, deadline)
             for key, query in queries.items()
         }
         result = FetchResult()
+        outcomes: dict[str, str] = {}
         for key, future in futures.items():
-            started = time.monotonic()
             try:
-                resources, truncated = future.result(timeout=max(0.0, deadline - started) + 0.05)
+                answer = future.result(timeout=max(0.0, deadline - time.monotonic()) + 0.05)
             except FutureTimeout:
                 future.cancel()
-                result.failures[key] = "no answer before the deadline"
-            except FetchError as exc:
-                result.failures[key] = exc.reason
+                answer = _Answer(time.monotonic() - started, error=FetchError(DEADLINE, "deadline"))
+            if answer.error is not None:
+                result.failures[key] = answer.error.reason
+                outcomes[key] = answer.error.outcome
             else:
-                result.resources[key] = resources
-                if truncated:
+                result.resources[key] = answer.resources
+                outcomes[key] = "ok"
+                if answer.truncated:
                     result.truncated.append(key)
+            self._observe(key, outcomes[key], answer.seconds)
         for key, reason in result.failures.items():
-            log.warning("FHIR fetch failed: key=%s reason=%s", key, reason)
+            log.warning(
+                "FHIR fetch failed: key=%s reason=%s",
+                key,
+                reason,
+                extra={"key": key, "outcome": outcomes[key]},
+            )
         for key in result.truncated:
-            log.warning("FHIR fetch stopped at %d pages: key=%s", self.page_limit, key)
+            log.warning(
+                "FHIR fetch stopped at %d pages: key=%s", self.page_limit, key, extra={"key": key}
+            )
         return result
+
+    def _observe(self, key: str, outcome: str, seconds: float) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer(key, outcome, seconds)
+        except Exception as exc:  # noqa: BLE001 - metrics must never fail a fetch
+            log.error("could not record a FHIR fetch metric: %s", type(exc).__name__)
+
+    def _timed_query(
+        self, client: httpx.Client, base: str, token: str | None, query: str, deadline: float
+    ) -> _Answer:
+        started = time.monotonic()
+        try:
+            resources, truncated = self._fetch_query(client, base, token, query, deadline)
+        except FetchError as exc:
+            return _Answer(time.monotonic() - started, error=exc)
+        return _Answer(time.monotonic() - started, resources, truncated)
 
     def _fetch_query(
         self, client: httpx.Client, base: str, token: str | None, query: str, deadline: float
@@ -148,19 +203,20 @@ class FhirFetcher:
     ) -> dict[str, Any]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise FetchError("no answer before the deadline")
+            raise FetchError(DEADLINE, "deadline")
         timeout = min(self.timeout_s, remaining)
         try:
             response = client.get(url, headers=headers, timeout=timeout)
         except httpx.TimeoutException:
-            cut_by_deadline = timeout < self.timeout_s
-            raise FetchError(
-                "no answer before the deadline" if cut_by_deadline else "timed out"
-            ) from None
+            if timeout < self.timeout_s:  # cut short by the deadline
+                raise FetchError(DEADLINE, "deadline") from None
+            raise FetchError("timed out", "timeout") from None
         except httpx.HTTPError as exc:
-            raise FetchError(f"connection failed ({type(exc).__name__})") from None
+            raise FetchError(
+                f"connection failed ({type(exc).__name__})", "connection_error"
+            ) from None
         if response.status_code != 200:
-            raise FetchError(f"HTTP {response.status_code}")
+            raise FetchError(f"HTTP {response.status_code}", "http_error")
         try:
             body = response.json()
         except ValueError:

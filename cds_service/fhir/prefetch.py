@@ -82,17 +82,17 @@ def _entries(bundle: Mapping[str, Any], path: str) -> Iterator[Located]:
     if not isinstance(entries, list):
         raise InputError("Bundle.entry must be an array", path=f"{path}.entry")
     for i, entry in enumerate(entries):
-        at = f"{path}.entry[{i}]"
         if not isinstance(entry, Mapping):
-            raise InputError("Bundle entry must be an object", path=at)
+            raise InputError("Bundle entry must be an object", path=f"{path}.entry[{i}]")
         resource = entry.get("resource")
         if resource is None:
             continue  # e.g. a deleted entry in a history bundle: nothing to read
+        at = f"{path}.entry[{i}].resource"  # built once per entry: a prefetch may hold thousands
         if not isinstance(resource, Mapping) or not isinstance(resource.get("resourceType"), str):
-            raise InputError("entry.resource must be a FHIR resource", path=f"{at}.resource")
+            raise InputError("entry.resource must be a FHIR resource", path=at)
         if resource["resourceType"] == "OperationOutcome":
             continue  # search-mode "outcome" entries carry warnings, not data
-        yield Located(f"{at}.resource", resource)
+        yield Located(at, resource)
 
 
 def resolve(

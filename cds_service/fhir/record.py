@@ -306,16 +306,18 @@ def _validate(item: Located) -> None:
         ) from None
 
 
-def _check_subject(item: Located, patient_id: str) -> None:
+def _check_subject(item: Located, patient: str) -> None:
+    """`patient` is the reference every subject / patient must end with: Patient/<id>."""
     for key in ("subject", "patient"):
         ref = item.resource.get(key)
-        if isinstance(ref, Mapping) and isinstance(ref.get("reference"), str):
-            reference = ref["reference"]
-            if not reference.endswith(f"Patient/{patient_id}"):
-                raise InputError(
-                    "resource belongs to another patient than context.patientId",
-                    path=f"{item.path}.{key}.reference",
-                )
+        if ref is None:
+            continue
+        reference = ref.get("reference") if isinstance(ref, Mapping) else None
+        if isinstance(reference, str) and not reference.endswith(patient):
+            raise InputError(
+                "resource belongs to another patient than context.patientId",
+                path=f"{item.path}.{key}.reference",
+            )
 
 
 # --------------------------------------------------------------------------- builder
@@ -337,6 +339,8 @@ def build_record(
     notes: list[DataNote] = []
     medication_index: dict[str, Mapping[str, Any]] = {}
     med_requests: list[Located] = []
+    subject = f"Patient/{patient_id}"
+    codes: dict[tuple[Any, ...], list[Match]] = {}  # Observation.code lookups
 
     for item in resources:
         res = item.resource
@@ -346,15 +350,15 @@ def build_record(
         elif kind == "Medication" and isinstance(res.get("id"), str):
             medication_index[f"Medication/{res['id']}"] = res
         elif kind == "Condition":
-            _check_subject(item, patient_id)
+            _check_subject(item, subject)
             fact = _condition(item, terminology)
             if fact is not None:
                 conditions.append(fact)
         elif kind == "Observation":
-            _check_subject(item, patient_id)
-            _screen_observation(item, terminology, observations)
+            _check_subject(item, subject)
+            _screen_observation(item, terminology, observations, codes)
         elif kind == "MedicationRequest":
-            _check_subject(item, patient_id)
+            _check_subject(item, subject)
             med_requests.append(item)
 
     for item in med_requests:
@@ -367,7 +371,7 @@ def build_record(
         for item in drafts:
             if item.resource.get("resourceType") != "MedicationRequest":
                 continue  # other draft orders (ServiceRequest...) are not checked yet
-            _check_subject(item, patient_id)
+            _check_subject(item, subject)
             fact = _medication(item, terminology, medication_index, draft=True)
             if fact is not None:
                 draft_facts.append(fact)
@@ -452,22 +456,49 @@ def _observation_time(res: Mapping[str, Any]) -> datetime | None:
     )
 
 
+def _observation_matches(
+    concept: Any, terminology: Terminology, seen: dict[tuple[Any, ...], list[Match]]
+) -> list[Match]:
+    """The value sets an Observation.code belongs to by code (an observation is never
+    recognised by its text). A long record repeats a few codes hundreds of times: the answer
+    for each distinct list of codings is kept for the request (a by-code match depends only on
+    each coding's system, code and display, which make the key)."""
+    codings = concept.get("coding") if isinstance(concept, Mapping) else None
+    if not isinstance(codings, list):
+        return []
+    try:
+        key: tuple[Any, ...] | None = tuple(
+            (c.get("system"), c.get("code"), c.get("display")) if isinstance(c, Mapping) else None
+            for c in codings
+        )
+        found = seen.get(key)
+    except TypeError:  # an unhashable value (malformed coding): no memo for this one
+        key, found = None, None
+    if found is None:
+        found = [m for m in terminology.match(concept, "Observation") if m.by == "code"]
+        if key is not None:
+            seen[key] = found
+    return found
+
+
 def _screen_observation(
     item: Located,
     terminology: Terminology,
     observations: dict[str, list[tuple[datetime, Located, Match]]],
+    seen: dict[tuple[Any, ...], list[Match]],
 ) -> None:
     """Keep every counting observation of a concept the rules read, with its time."""
     res = item.resource
     if _text_or_none(res.get("status")) in EXCLUDED_OBSERVATION:
         return
-    for match in terminology.match(res.get("code"), "Observation"):
-        if match.by != "code":
-            continue
-        when = _observation_time(res)
-        if when is None:
-            _validate(item)  # a malformed date is reported; a missing one cannot be ordered
-            continue
+    matches = _observation_matches(res.get("code"), terminology, seen)
+    if not matches:
+        return
+    when = _observation_time(res)
+    if when is None:
+        _validate(item)  # a malformed date is reported; a missing one cannot be ordered
+        return
+    for match in matches:
         observations.setdefault(match.valueset, []).append((when, item, match))
 
 

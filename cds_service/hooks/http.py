@@ -1,4 +1,5 @@
-"""The CDS Hooks protocol over HTTP: routes, body parsing, language, CORS, JSON errors."""
+"""The CDS Hooks protocol over HTTP: routes, body parsing, language, CORS, JSON errors,
+metrics and the log line of each hook and feedback call."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import logging
 import re
 import time
 import traceback
+from collections import Counter
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, abort, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from cds_service.engine import CdsEngine
 from cds_service.errors import InputError, UnsupportedMediaType
+from cds_service.hooks.validation import json_nesting_depth
+from cds_service.observability import NONE, UNKNOWN, Metrics, hook_instance
 from cds_service.settings import SUPPORTED_LANGUAGES
 from cds_service.terminology import YAML_LOADER
 from cds_service.trust import AuthError, JwtVerifier, VerifiedClient
@@ -29,6 +34,65 @@ ISSUE_CODES = {400: "invalid", 404: "not-found", 405: "not-supported", 413: "too
 
 def engine() -> CdsEngine:
     return current_app.extensions["cds_engine"]
+
+
+# --------------------------------------------------------------------------- observability
+
+# Endpoint -> the message of its log line (one per call, written once the status is known).
+CALL_LOG_MESSAGES = {"cds_hooks.invoke": "hook call", "cds_hooks.feedback": "feedback"}
+
+
+@bp.before_app_request
+def start_clock() -> None:
+    """Runs first: the time of every request includes authentication."""
+    g.started = time.perf_counter()
+    g.log_fields = {}  # structured fields of this call's log line, filled in by the views
+
+
+def measure(action: Callable[[Metrics], None]) -> None:
+    """Record a metric, if metrics are on; a failure is logged, never raised (a metric must
+    not cost a clinician the cards)."""
+    metrics: Metrics | None = current_app.extensions.get("cds_metrics")
+    if metrics is None:
+        return
+    try:
+        action(metrics)
+    except Exception as exc:  # noqa: BLE001
+        log.error("could not record a metric: %s", type(exc).__name__)
+
+
+def service_fields(service_id: str | None) -> dict[str, str]:
+    """The service and hook of a call, for logs: `unknown` for an id not in the catalogue
+    (whatever the caller put in the URL)."""
+    if service_id is None:
+        return {"service": NONE, "hook": NONE}
+    service = engine().services.get(service_id)
+    if service is None:
+        return {"service": UNKNOWN, "hook": UNKNOWN}
+    return {"service": service.id, "hook": service.hook}
+
+
+@bp.after_app_request
+def observe(response: Response) -> Response:
+    """Registered before the other after-request functions, so it runs after them and sees
+    the final status."""
+    seconds = time.perf_counter() - g.get("started", time.perf_counter())
+    rule = request.url_rule
+    route = rule.rule if rule is not None else "unmatched"
+    service_id = (request.view_args or {}).get("service_id") if rule is not None else None
+    status = response.status_code
+    measure(lambda m: m.request(route, service_id, status, seconds))
+    message = CALL_LOG_MESSAGES.get(request.endpoint or "")
+    if message is not None and request.method == "POST":
+        level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+        fields = {
+            **service_fields(service_id),
+            **g.get("log_fields", {}),
+            "status": status,
+            "duration_ms": round(seconds * 1000, 1),
+        }
+        log.log(level, message, extra=fields)
+    return response
 
 
 # --------------------------------------------------------------------------- authentication
@@ -70,6 +134,8 @@ def operation_outcome(status: int, code: str, message: str, path: str | None) ->
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(InputError)
     def _input_error(exc: InputError) -> Response:
+        # The log line of the call names where the input was wrong, never what it held.
+        g.setdefault("log_fields", {}).update(error=exc.code, error_path=exc.path)
         return operation_outcome(exc.status, exc.code, exc.message, exc.path)
 
     @app.errorhandler(HTTPException)
@@ -85,9 +151,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         # The exception message may quote request data: log only its type and where it arose.
-        frames = "".join(traceback.format_tb(exc.__traceback__))
         log.error(
-            "unhandled %s on %s %s\n%s", type(exc).__name__, request.method, request.path, frames
+            "unhandled %s on %s %s",
+            type(exc).__name__,
+            request.method,
+            request.path,
+            extra={
+                "exc_type": type(exc).__name__,
+                "stack": "".join(traceback.format_tb(exc.__traceback__)),
+            },
         )
         return operation_outcome(500, "exception", "internal error; the event was logged", None)
 
@@ -95,21 +167,7 @@ def register_error_handlers(app: Flask) -> None:
 # ----------------------------------------------------------------------------- helpers
 
 
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_JSON_BRACKETS = re.compile(rb"[\[\]{}]")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def json_depth(raw: bytes) -> int:
-    """How deeply a JSON text nests (strings removed first), without parsing it."""
-    depth = deepest = 0
-    for bracket in _JSON_BRACKETS.findall(_JSON_STRING.sub(b'""', raw)):
-        if bracket in (b"[", b"{"):
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
 
 
 def _json_body() -> dict[str, Any]:
@@ -120,7 +178,7 @@ def _json_body() -> dict[str, Any]:
         )
     raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
     limit = engine().settings.max_json_depth
-    if json_depth(raw) > limit:
+    if json_nesting_depth(raw, limit) > limit:
         raise InputError(f"body nests deeper than {limit} levels", path="$")
 
     def _no_constants(name: str) -> None:
@@ -161,21 +219,20 @@ def discovery() -> Response:
 
 @bp.post("/cds-services/<service_id>")
 def invoke(service_id: str) -> Response:
-    started = time.perf_counter()
     cds = engine()
     cds.service(service_id)  # 404 before reading the body
     body = _json_body()
+    fields = g.log_fields  # the call's log line (written by `observe`)
+    if (instance := hook_instance(body.get("hookInstance"))) is not None:
+        fields["hookInstance"] = instance
     lang = negotiate_language()
+    fields["lang"] = lang
     client: VerifiedClient | None = g.get("client")
     servers = client.issuer.fhir_servers if client is not None else None
     evaluation = cds.evaluate(service_id, body, lang, fhir_servers=servers)
-    log.info(
-        "service=%s hookInstance=%s cards=%s lang=%s ms=%.1f",
-        service_id,
-        body.get("hookInstance"),
-        ",".join(f"{c.rule_id}:{c.indicator}" for c in evaluation.issued) or "none",
-        lang,
-        (time.perf_counter() - started) * 1000,
+    fields["cards"] = [f"{c.rule_id}:{c.indicator}" for c in evaluation.issued]
+    measure(
+        lambda m: m.cards_issued(service_id, ((c.rule_id, c.indicator) for c in evaluation.issued))
     )
     response = jsonify(evaluation.body)
     response.headers["Content-Language"] = lang
@@ -186,8 +243,11 @@ def invoke(service_id: str) -> Response:
 def feedback(service_id: str) -> Response:
     cds = engine()
     cds.service(service_id)
-    stored = cds.receive_feedback(service_id, _json_body())
-    log.info("service=%s feedback entries=%d", service_id, stored)
+    body = _json_body()
+    stored = cds.receive_feedback(service_id, body)
+    outcomes = [item["outcome"] for item in body["feedback"]]  # validated: accepted/overridden
+    g.log_fields.update(entries=stored, outcomes=dict(Counter(outcomes)))
+    measure(lambda m: m.feedback_stored(service_id, outcomes))
     return jsonify({"stored": stored})
 
 
@@ -208,6 +268,17 @@ def _openapi() -> dict[str, Any]:
 def openapi() -> Response:
     """The OpenAPI 3.1 description of this service, for integrators and fuzzers."""
     return jsonify(_openapi())
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus metrics (all workers added up under gunicorn); 404 with CDS_METRICS=off.
+    Public like /healthz: restrict it at the load balancer."""
+    observed: Metrics | None = current_app.extensions.get("cds_metrics")
+    if observed is None:
+        abort(404)
+    body, content_type = observed.exposition()
+    return Response(body, content_type=content_type)
 
 
 @bp.get("/healthz")

@@ -1,0 +1,6 @@
+"""`python -m cds_service`: the same command as `calcinosis-cds`."""
+
+from cds_service.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

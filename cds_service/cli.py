@@ -1,0 +1,677 @@
+"""The `calcinosis-cds` command (also `python -m cds_service`).
+
+    serve            serve the CDS service with gunicorn (what `make run` does)
+    invoke           run a hook on a fixture, FHIR files or a live FHIR server; print the cards
+    check-knowledge  check the clinical knowledge files, in plain words
+    fixtures         list the synthetic fixture patients
+    export-fixtures  write the fixture patients as a FHIR transaction Bundle
+
+Exit status: 0 success; 1 the service answered an error, or a check failed; 2 the command was
+used wrongly (a message says what to do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, date, datetime, time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from cds_service.fixture_set import Fixture, find_fixture, list_fixtures, transaction_bundle
+from cds_service.hookrequest import RequestBuildError, build_request, resources_of
+from cds_service.settings import Settings, SettingsError
+
+PROG = "calcinosis-cds"
+
+
+def _version() -> str:
+    try:
+        return version("calcinosis-cds")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+EPILOG = "Settings not given as flags come from the environment (see the README, Settings)."
+
+
+class UsageError(Exception):
+    """The command cannot run as asked; the message says what to do instead."""
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    for flag, var in (
+        ("database_url", "DATABASE_URL"),
+        ("auth", "CDS_AUTH"),
+        ("trusted_issuers", "CDS_TRUSTED_ISSUERS"),
+        ("public_base_url", "CDS_PUBLIC_BASE_URL"),
+        ("lang", "CDS_DEFAULT_LANGUAGE"),
+        ("log_level", "LOG_LEVEL"),
+        ("cards_dir", "CDS_CARDS_DIR"),
+    ):
+        if (value := getattr(args, flag)) is not None:
+            env[var] = str(value)
+    if args.fhir_server:
+        env["CDS_FHIR_SERVERS"] = ",".join(args.fhir_server)
+    settings = Settings.from_env(env)  # a bad setting: one line here, not a trace per worker
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:cds_service.gunicorn_conf",
+        "--bind",
+        f"{args.host}:{args.port}",
+        "--workers",
+        str(args.workers),
+        "--access-logfile",
+        "-",
+        "cds_service.app:create_app()",
+    ]
+    base = f"http://{args.host}:{args.port}"
+    print(
+        f"{PROG}: serving on {base} with {args.workers} workers (discovery: {base}/cds-services"
+        + (f"; card preview page: {base}/)" if settings.preview else ")"),
+        file=sys.stderr,
+    )
+    sys.stderr.flush()
+    os.execve(sys.executable, command, env)  # noqa: S606 - our own interpreter, fixed arguments
+    return 0  # not reached
+
+
+# ----------------------------------------------------------------------------- invoke
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+def _resources_in(path: Path) -> list[dict[str, Any]]:
+    """The FHIR resources of a file (a resource or a Bundle) or of every *.json in a folder."""
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    if not files:
+        raise UsageError(f"{path}: no *.json file in this folder")
+    found = []
+    for file in files:
+        try:
+            found += resources_of(_read_json(file))
+        except RequestBuildError as exc:
+            raise UsageError(f"{file}: {exc}") from None
+    return found
+
+
+def _source(args: argparse.Namespace, settings: Settings) -> tuple[Any, Fixture | None]:
+    """What to invoke: a request, a list of resources, or None (live FHIR server only)."""
+    if args.source is None:
+        if not args.fhir_server:
+            raise UsageError(
+                "say what to invoke: a fixture name, a request or FHIR file, a folder of FHIR "
+                "files, or --fhir-server URL --patient ID (see --help)"
+            )
+        return None, None
+    path = Path(args.source)
+    if not path.exists():
+        fixture = find_fixture(settings.fixtures_dir, args.source)
+        if fixture is None:
+            raise UsageError(
+                f"{args.source}: no such file, folder or fixture; "
+                f"`{PROG} fixtures` lists the fixture names"
+            )
+        return fixture.request(), fixture
+    if path.is_file() and path.name.endswith(".request.json"):
+        fixture = find_fixture(path.parent.parent, f"{path.parent.name}/{path.name[:-13]}")
+        return _read_json(path), fixture
+    if path.is_file():
+        document = _read_json(path)
+        if isinstance(document, Mapping) and "hook" in document:
+            return document, None  # a CDS Hooks request
+    return _resources_in(path), None
+
+
+def _service_id(args: argparse.Namespace, services: Mapping[str, Any], hook: str | None) -> str:
+    wanted = args.service or hook or "patient-view"
+    if wanted in services:
+        return wanted
+    matches = [s.id for s in services.values() if s.hook == wanted]
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(f"{s.id} ({s.hook})" for s in services.values())
+    raise UsageError(f"no service or hook called {wanted!r}; known: {known}")
+
+
+def _clock(args: argparse.Namespace, fixture: Fixture | None) -> tuple[datetime | None, str]:
+    if args.as_of:
+        day = args.as_of
+    elif fixture is not None and fixture.as_of is not None:
+        day = fixture.as_of
+    else:
+        return None, ""
+    note = f"clock at {day.isoformat()} 12:00 UTC" + (
+        " (the fixture's anchor date; --as-of to change)" if not args.as_of else ""
+    )
+    return datetime.combine(day, time(12, 0), tzinfo=UTC), note
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The environment's settings, with the folders given as flags."""
+    settings = Settings.from_env()
+    if args.cards_dir:
+        settings = replace(settings, cards_dir=args.cards_dir)
+    if args.fixtures_dir:
+        settings = replace(settings, fixtures_dir=args.fixtures_dir)
+    return settings
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    from cds_service.engine import CdsEngine
+    from cds_service.errors import InputError
+    from cds_service.store import Store
+
+    settings = _settings(args)
+    if args.fhir_server and args.source is None and not args.patient:
+        raise UsageError("--fhir-server without files needs --patient ID")
+    source, fixture = _source(args, settings)
+    now, clock_note = _clock(args, fixture)
+    settings = replace(
+        settings,
+        # Each run is on its own: a throw-away store, so nothing is "already said".
+        database_url=args.database_url or "sqlite://",
+        fhir_servers=tuple(args.fhir_server or ()) or settings.fhir_servers,
+        **({"clock": lambda: now} if now else {}),
+    )
+    engine = CdsEngine(settings, Store.from_url(settings.database_url))
+    try:
+        engine.store.create_schema()
+        hook = source.get("hook") if isinstance(source, Mapping) else None
+        service = engine.service(_service_id(args, engine.services, hook))
+        request = _request(args, service, source)
+        if args.show_request:
+            json.dump(request, sys.stdout, indent=2, ensure_ascii=False)
+            print()
+            return 0
+        if args.url:
+            status, body = _post(args.url, service.id, request, args.lang)
+        else:
+            try:
+                body = engine.evaluate(service.id, request, args.lang).body
+                status = 200
+            except InputError as exc:
+                status, body = exc.status, _outcome(exc.message, exc.path)
+        if status != 200:
+            _print_error(status, body)
+            return 1
+        if args.json:
+            json.dump(body, sys.stdout, indent=2, ensure_ascii=False)
+            print()
+        else:
+            heading = f"{service.id} ({service.hook}), {args.lang}"
+            if clock_note:
+                heading += f", {clock_note}"
+            print_cards(body.get("cards", []), heading, engine, args.lang, args.detail)
+        return 0
+    finally:
+        engine.close()
+
+
+def _request(args: argparse.Namespace, service: Any, source: Any) -> dict[str, Any]:
+    drafts = [r for file in args.draft or () for r in _resources_in(Path(file))]
+    authorization = None
+    if args.token:
+        authorization = {
+            "access_token": args.token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "user/Patient.read user/Condition.read user/Observation.read "
+            "user/MedicationRequest.read",
+            "subject": PROG,
+        }
+    try:
+        if isinstance(source, Mapping):
+            request = dict(source)
+            if args.fhir_server:
+                request["fhirServer"] = args.fhir_server[0]
+                if authorization:
+                    request["fhirAuthorization"] = authorization
+            return request
+        return build_request(
+            service,
+            [*(source or ()), *drafts],
+            patient_id=args.patient,
+            fhir_server=args.fhir_server[0] if args.fhir_server and source is None else None,
+            fhir_authorization=authorization,
+        )
+    except RequestBuildError as exc:
+        hint = " (--draft FILE)" if "draft" in str(exc) else ""
+        raise UsageError(f"{exc}{hint}") from None
+
+
+def _outcome(message: str, path: str | None) -> dict[str, Any]:
+    issue: dict[str, Any] = {"severity": "error", "diagnostics": message}
+    if path:
+        issue["expression"] = [path]
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+def _post(base: str, service_id: str, request: Mapping[str, Any], lang: str) -> tuple[int, Any]:
+    import httpx
+
+    url = f"{base.rstrip('/')}/cds-services/{service_id}"
+    try:
+        response = httpx.post(url, json=request, headers={"Accept-Language": lang}, timeout=30)
+    except httpx.HTTPError as exc:
+        raise UsageError(f"cannot reach {url}: {type(exc).__name__}; is the service up?") from None
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, _outcome(response.text[:200] or response.reason_phrase, None)
+
+
+def _print_error(status: int, body: Any) -> None:
+    issues = body.get("issue", []) if isinstance(body, Mapping) else []
+    print(f"{PROG}: the service answered {status}", file=sys.stderr)
+    for issue in issues:
+        where = ", ".join(issue.get("expression", []))
+        print(
+            f"  {issue.get('diagnostics', '')}" + (f" (at {where})" if where else ""),
+            file=sys.stderr,
+        )
+    if status == 401:
+        print("  the service requires a signed JWT (CDS_AUTH=jwt)", file=sys.stderr)
+
+
+COLOURS = {"critical": "\033[1;31m", "warning": "\033[1;33m", "info": "\033[1;34m"}
+
+
+def print_cards(
+    cards: Sequence[Mapping[str, Any]],
+    heading: str,
+    engine: Any,
+    lang: str,
+    detail: bool = False,
+    out: TextIO | None = None,
+) -> None:
+    """The cards as a readable table: indicator and summary, then rule, evidence level,
+    source, suggestions (with their FHIR actions) and links, wrapped to the terminal."""
+    out = out or sys.stdout
+    colour = out.isatty() and not os.environ.get("NO_COLOR")
+    width = max(60, min(shutil.get_terminal_size((100, 24)).columns, 120))
+    print(f"{len(cards)} card{'s' if len(cards) != 1 else ''} - {heading}", file=out)
+    for number, card in enumerate(cards, 1):
+        indicator = str(card.get("indicator", "")).upper()
+        label = (
+            f"{COLOURS.get(card.get('indicator', ''), '')}{indicator:<8}\033[0m"
+            if colour
+            else f"{indicator:<8}"
+        )
+        print(f"\n{number:>2}. {label}  {card.get('summary', '')}", file=out)
+        rows: list[tuple[str, str]] = []
+        source = card.get("source", {})
+        rule = source.get("topic", {}).get("code", "")
+        rows.append(("rule", rule))
+        content = engine.library.cards.get(rule)
+        if content is not None:
+            rows.append(("evidence", " ".join(str(content.data["evidence_level"][lang]).split())))
+        rows.append(
+            (
+                "source",
+                f"{source.get('label', '')} <{source['url']}>"
+                if source.get("url")
+                else source.get("label", ""),
+            )
+        )
+        for suggestion in card.get("suggestions", []):
+            actions = "; ".join(_action(a) for a in suggestion.get("actions", []))
+            star = "(recommended) " if suggestion.get("isRecommended") else ""
+            rows.append(("suggestion", f"{star}{suggestion.get('label', '')} [{actions}]"))
+        for link in card.get("links", []):
+            rows.append(
+                (
+                    "link",
+                    f"{link.get('label', '')} <{link.get('url', '')}> ({link.get('type', '')})",
+                )
+            )
+        reasons = ", ".join(
+            r.get("display", r.get("code", "")) for r in card.get("overrideReasons", [])
+        )
+        if reasons:
+            rows.append(("override", reasons))
+        for name, value in rows:
+            lines = textwrap.wrap(value, width - 17) or [""]
+            print(f"    {name:<11}  {lines[0]}", file=out)
+            for line in lines[1:]:
+                print(f"    {'':<11}  {line}", file=out)
+        if detail:
+            print("", file=out)
+            for paragraph in str(card.get("detail", "")).split("\n"):
+                print(textwrap.indent(paragraph, "      ") if paragraph else "", file=out)
+
+
+def _action(action: Mapping[str, Any]) -> str:
+    kind = action.get("type", "")
+    if kind == "delete":
+        return f"delete {action.get('resourceId', '')}"
+    resource = action.get("resource") or {}
+    return f"{kind} {resource.get('resourceType', '')}".strip()
+
+
+# ----------------------------------------------------------------------------- knowledge
+
+
+def cmd_check_knowledge(args: argparse.Namespace) -> int:
+    from cds_service.knowledge.check import KnowledgeChecks
+
+    settings = _settings(args)
+    print(f"Checking the knowledge (cards in {settings.cards_dir})")
+    results = list(KnowledgeChecks(settings).run())
+    for result in results:
+        print(f"  {'ok  ' if result.ok else 'FAIL'}  {result.name:<11} {result.summary}")
+        for problem in result.problems:
+            print(f"          - {problem}")
+        for note in result.notes:
+            print(f"          note: {note}")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        print(f"{len(failed)} of {len(results)} checks failed: fix what is listed above.")
+        return 1
+    print(f"All {len(results)} checks passed.")
+    return 0
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def _fixtures(args: argparse.Namespace) -> tuple[Path, list[Fixture]]:
+    root = args.fixtures_dir or Settings.from_env().fixtures_dir
+    found = list_fixtures(root)
+    if not found:
+        raise UsageError(f"no fixtures in {root} (--fixtures-dir or CDS_FIXTURES_DIR)")
+    return root, found
+
+
+def cmd_fixtures(args: argparse.Namespace) -> int:
+    _, found = _fixtures(args)
+    width = max(len(f.name) for f in found)
+    columns = shutil.get_terminal_size((160, 24)).columns
+    print(f"{'hook':<13} {'name':<{width}}  {'patient':<8} what it shows")
+    for fixture in found:
+        patient = str(fixture.request().get("context", {}).get("patientId", ""))
+        room = max(30, columns - width - 26)
+        summary = textwrap.shorten(fixture.description.split(":")[0], room, placeholder=" ...")
+        print(f"{fixture.hook:<13} {fixture.name:<{width}}  {patient:<8} {summary}")
+    return 0
+
+
+def cmd_export_fixtures(args: argparse.Namespace) -> int:
+    root, found = _fixtures(args)
+    if args.names:
+        chosen = []
+        for name in args.names:
+            fixture = find_fixture(root, name)
+            if fixture is None:
+                raise UsageError(f"{name}: no such fixture; `{PROG} fixtures` lists them")
+            chosen.append(fixture)
+        found = chosen
+    bundle = transaction_bundle(f.request() for f in found)
+    text = json.dumps(bundle, indent=2, ensure_ascii=False) + "\n"
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="utf-8")
+        patients = sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+        print(
+            f"wrote {args.output}: {len(bundle['entry'])} resources of {patients} patients "
+            f"(POST it to a FHIR server's base URL)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD") from None
+
+
+def _port(text: str) -> int:
+    if text.isdigit() and 0 < int(text) < 65536:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+
+
+def _positive(text: str) -> int:
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="CDS Hooks 2.0 service for calcinosis in systemic sclerosis.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    formatter = argparse.RawDescriptionHelpFormatter
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the CDS service over HTTP (gunicorn)",
+        description="Serve the CDS service with gunicorn. Discovery: GET /cds-services; "
+        "card preview page: GET /.",
+        epilog=EPILOG,
+    )
+    serve.add_argument(
+        "--host",
+        default=os.environ.get("HOST", "127.0.0.1"),
+        help="address to bind (default 127.0.0.1; HOST)",
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=os.environ.get("PORT", "8080"),
+        help="port (default 8080; PORT)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=os.environ.get("WEB_CONCURRENCY", "2"),
+        help="worker processes (default 2; WEB_CONCURRENCY)",
+    )
+    serve.add_argument("--database-url", help="SQLAlchemy URL of the store (DATABASE_URL)")
+    serve.add_argument("--auth", choices=("off", "jwt"), help="client authentication (CDS_AUTH)")
+    serve.add_argument(
+        "--trusted-issuers",
+        type=Path,
+        metavar="FILE",
+        help="trusted JWT issuers, JSON (CDS_TRUSTED_ISSUERS)",
+    )
+    serve.add_argument(
+        "--public-base-url",
+        metavar="URL",
+        help="the URL clients call, for the JWT aud (CDS_PUBLIC_BASE_URL)",
+    )
+    serve.add_argument(
+        "--fhir-server",
+        action="append",
+        metavar="URL",
+        help="FHIR server to fetch missing prefetch from; repeatable (CDS_FHIR_SERVERS)",
+    )
+    serve.add_argument(
+        "--lang", choices=("en", "fr"), help="default card language (CDS_DEFAULT_LANGUAGE)"
+    )
+    serve.add_argument(
+        "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="LOG_LEVEL"
+    )
+    serve.add_argument("--cards-dir", type=Path, help="card content folder (CDS_CARDS_DIR)")
+    serve.set_defaults(func=cmd_serve)
+
+    invoke = commands.add_parser(
+        "invoke",
+        help="run a hook and print the cards",
+        formatter_class=formatter,
+        description=textwrap.dedent(
+            """\
+            Run a CDS hook in this process (or against a running service with --url) and
+            print the cards: indicator, summary, rule, evidence level, source, suggestions.
+
+            SOURCE is one of:
+              a fixture name           01-ssc-calcinosis (see `calcinosis-cds fixtures`)
+              a CDS Hooks request      fixtures/order-sign/31-sign-aluminium-ckd4-coded.request.json
+              a FHIR file              a Bundle or a resource of one patient
+              a folder of FHIR files   every *.json in it (resources or Bundles)
+            or nothing, with --fhir-server URL --patient ID: the service fetches the data.
+            For order-select and order-sign, the order is a draft MedicationRequest: in the
+            files, or given with --draft FILE."""
+        ),
+        epilog=textwrap.dedent(
+            """\
+            examples:
+              calcinosis-cds invoke 01-ssc-calcinosis --lang fr
+              calcinosis-cds invoke ./patient-folder --hook order-sign --draft order.json
+              calcinosis-cds invoke --fhir-server http://127.0.0.1:8081/fhir --patient fix-01
+              calcinosis-cds invoke 21-select-aluminium-egfr-22 --json"""
+        ),
+    )
+    invoke.add_argument(
+        "source", nargs="?", metavar="SOURCE", help="fixture name, request or FHIR file, or folder"
+    )
+    invoke.add_argument(
+        "--service",
+        "--hook",
+        dest="service",
+        metavar="ID|HOOK",
+        help="service id or hook (default: the request's hook, else patient-view)",
+    )
+    invoke.add_argument(
+        "--lang", choices=("en", "fr"), default="en", help="card language (default en)"
+    )
+    invoke.add_argument("--json", action="store_true", help="print the CDS Hooks response as JSON")
+    invoke.add_argument(
+        "--detail", action="store_true", help="also print each card's Markdown detail"
+    )
+    invoke.add_argument(
+        "--fhir-server",
+        action="append",
+        metavar="URL",
+        help="FHIR base URL to fetch the patient's data from",
+    )
+    invoke.add_argument(
+        "--patient", metavar="ID", help="patient id (required with --fhir-server and no files)"
+    )
+    invoke.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="bearer token for the FHIR server (sent as fhirAuthorization)",
+    )
+    invoke.add_argument(
+        "--draft",
+        action="append",
+        metavar="FILE",
+        help="a draft MedicationRequest (or Bundle of them) being ordered",
+    )
+    invoke.add_argument(
+        "--as-of",
+        type=_date,
+        metavar="DATE",
+        help="evaluate as on this date (fixtures: their anchor date by default)",
+    )
+    invoke.add_argument(
+        "--url",
+        metavar="BASE",
+        help="send to a running service (e.g. http://127.0.0.1:8080) instead of in-process",
+    )
+    invoke.add_argument(
+        "--show-request",
+        action="store_true",
+        help="print the CDS Hooks request that would be sent, and stop",
+    )
+    invoke.add_argument(
+        "--database-url", help="store for issued cards (default: in memory, forgotten)"
+    )
+    invoke.add_argument("--cards-dir", type=Path, help="card content folder (CDS_CARDS_DIR)")
+    invoke.add_argument("--fixtures-dir", type=Path, help="fixtures folder (CDS_FIXTURES_DIR)")
+    invoke.set_defaults(func=cmd_invoke)
+
+    check = commands.add_parser(
+        "check-knowledge",
+        help="check the knowledge files (value sets, cards, citations, services, fixtures)",
+        description="Load the clinical knowledge as the service does and check it: value sets "
+        "(each code with where it was verified), card files (complete in en and fr, one per "
+        "rule), citations and evidence levels, services and the safety table, and every "
+        "fixture patient against its expected cards. Exit status 1 when a check fails.",
+        epilog=EPILOG,
+    )
+    check.add_argument("--cards-dir", type=Path, help="card content folder (CDS_CARDS_DIR)")
+    check.add_argument("--fixtures-dir", type=Path, help="fixtures folder (CDS_FIXTURES_DIR)")
+    check.set_defaults(func=cmd_check_knowledge)
+
+    fixtures = commands.add_parser(
+        "fixtures",
+        help="list the fixture patients",
+        description="List the synthetic fixture patients (hook, name, what they show).",
+    )
+    fixtures.add_argument("--fixtures-dir", type=Path, help="fixtures folder (CDS_FIXTURES_DIR)")
+    fixtures.set_defaults(func=cmd_fixtures)
+
+    export = commands.add_parser(
+        "export-fixtures",
+        help="write the fixture patients as a FHIR transaction Bundle",
+        description="Write a FHIR R4 transaction Bundle that PUTs every resource of the fixture "
+        "patients (ids kept, so patientId=fix-01 etc. work in a sandbox). Load it with: "
+        "curl -X POST -H 'Content-Type: application/fhir+json' --data @fixtures.json BASE_URL",
+    )
+    export.add_argument(
+        "names", nargs="*", metavar="NAME", help="fixtures to export (default: all)"
+    )
+    export.add_argument(
+        "-o", "--output", metavar="FILE", help="output file (default: standard output)"
+    )
+    export.add_argument("--fixtures-dir", type=Path, help="fixtures folder (CDS_FIXTURES_DIR)")
+    export.set_defaults(func=cmd_export_fixtures)
+    return parser
+
+
+def _die(message: str, status: int = 2) -> NoReturn:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logger = logging.getLogger("cds_service")
+    level = logger.level
+    if args.func is not cmd_serve:
+        # A server's start-up warnings (development hash key...) mean nothing to a one-off run.
+        logger.setLevel(logging.ERROR)
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        _die(str(exc))
+    except SettingsError as exc:
+        _die(f"setting: {exc}")
+    except BrokenPipeError:  # e.g. `| head`
+        return 0
+    finally:
+        logger.setLevel(level)

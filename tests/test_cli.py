@@ -1,0 +1,399 @@
+"""The `calcinosis-cds` command: invoke (offline, folders, live FHIR server), check-knowledge,
+fixtures, export-fixtures, and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from werkzeug.serving import make_server
+
+from cds_service.cli import main
+from cds_service.fixture_set import list_fixtures
+from cds_service.settings import DEFAULT_CARDS_DIR, DEFAULT_FIXTURES_DIR
+from tests.conftest import (
+    SEKMET_TOKEN,
+    app_with,
+    collection,
+    fixture_names,
+    fixture_resources,
+    load_expected,
+    load_request,
+    wait_until_up,
+)
+
+ALL_FIXTURES = [(f.hook, f.name) for f in list_fixtures(DEFAULT_FIXTURES_DIR)]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the command in-process: (exit status, stdout, stderr)."""
+    try:
+        status = main(list(argv))
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def cards_of(out: str) -> list[tuple[str, str]]:
+    return [(c["source"]["topic"]["code"], c["indicator"]) for c in json.loads(out)["cards"]]
+
+
+def expected_cards(name: str, hook: str = "patient-view") -> list[tuple[str, str]]:
+    return [(c["rule"], c["indicator"]) for c in load_expected(name, hook)["cards"]]
+
+
+# ----------------------------------------------------------------------------- invoke offline
+
+
+def test_every_fixture_is_listed() -> None:
+    assert len(ALL_FIXTURES) == sum(len(fixture_names(h)) for h in {h for h, _ in ALL_FIXTURES})
+    assert {h for h, _ in ALL_FIXTURES} == {"patient-view", "order-select", "order-sign"}
+
+
+@pytest.mark.parametrize(("hook", "name"), ALL_FIXTURES, ids=[n for _, n in ALL_FIXTURES])
+def test_invoke_gives_every_fixture_its_expected_cards(
+    capsys: pytest.CaptureFixture[str], hook: str, name: str
+) -> None:
+    status, out, _ = run(capsys, "invoke", name, "--json")
+    assert status == 0
+    assert sorted(cards_of(out)) == sorted(expected_cards(name, hook))
+
+
+def test_invoke_prints_a_readable_table(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "invoke", "21-select-aluminium-egfr-22", "--lang", "fr")
+    assert status == 0
+    assert out.startswith("1 card - calcinosis-order-select (order-select), fr")
+    assert "CRITICAL" in out
+    assert "Éviter l'hydroxyde d'aluminium" in out or "hydroxyde d'aluminium" in out
+    for row in ("rule ", "evidence ", "source ", "suggestion ", "link ", "override "):
+        assert f"    {row}" in out, row
+    assert "grade 1C" in out  # the evidence level of the card, in French
+    assert "[delete MedicationRequest/fix-21-draft-1]" in out
+    assert "\033[" not in out  # no colour codes when not writing to a terminal
+
+
+def test_invoke_detail_prints_the_markdown(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "invoke", "21-select-aluminium-egfr-22", "--detail")
+    assert "**Evidence from the record**" in out
+
+
+def test_invoke_with_no_card_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    name = next(
+        n for n in fixture_names("order-select") if not load_expected(n, "order-select")["cards"]
+    )
+    status, out, _ = run(capsys, "invoke", name)
+    assert status == 0
+    assert out.startswith("0 cards - ")
+
+
+def test_invoke_a_request_file(capsys: pytest.CaptureFixture[str]) -> None:
+    path = DEFAULT_FIXTURES_DIR / "order-sign" / "31-sign-aluminium-ckd4-coded.request.json"
+    status, out, _ = run(capsys, "invoke", str(path), "--json")
+    assert status == 0
+    assert cards_of(out) == expected_cards("31-sign-aluminium-ckd4-coded", "order-sign")
+
+
+def test_invoke_a_folder_of_fhir_files(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    name = "01-ssc-calcinosis"
+    for index, resource in enumerate(fixture_resources(name)):
+        (tmp_path / f"{index:03}.json").write_text(json.dumps(resource))
+    status, out, _ = run(capsys, "invoke", str(tmp_path), "--json", "--as-of", "2026-11-23")
+    assert status == 0
+    assert sorted(cards_of(out)) == sorted(expected_cards(name))
+
+
+def test_invoke_a_bundle_with_a_draft_order_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    name = "21-select-aluminium-egfr-22"
+    request = load_request(name, "order-select")
+    bundle = collection(fixture_resources(name, "order-select", drafts=False))
+    (tmp_path / "patient.json").write_text(json.dumps(bundle))
+    (tmp_path / "order.json").write_text(json.dumps(request["context"]["draftOrders"]))
+    argv = ["invoke", str(tmp_path / "patient.json"), "--hook", "order-sign", "--json"]
+    status, out, _ = run(capsys, *argv, "--draft", str(tmp_path / "order.json"))
+    assert status == 0
+    assert cards_of(out) == [("aluminium-hydroxide-renal", "critical")]
+    # Without the draft order, the command says what is missing.
+    status, _, err = run(capsys, *argv)
+    assert status == 2
+    assert "status 'draft'" in err
+    assert "--draft FILE" in err
+
+
+def test_show_request_prints_the_built_request(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    request = load_request("01-ssc-calcinosis")
+    (tmp_path / "p.json").write_text(json.dumps(fixture_resources("01-ssc-calcinosis")[0]))
+    status, out, _ = run(capsys, "invoke", str(tmp_path / "p.json"), "--show-request")
+    assert status == 0
+    built = json.loads(out)
+    assert built["hook"] == "patient-view"
+    assert built["context"]["patientId"] == request["context"]["patientId"]
+    assert set(built["prefetch"]) == {"patient", "conditions", "observations", "medications"}
+
+
+# ----------------------------------------------------------------------------- invoke errors
+
+
+def test_unknown_source_says_how_to_find_fixtures(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(capsys, "invoke", "no-such-patient")
+    assert status == 2
+    assert "calcinosis-cds fixtures" in err
+
+
+def test_nothing_to_invoke_says_what_to_give(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(capsys, "invoke")
+    assert status == 2
+    assert "--fhir-server URL --patient ID" in err
+
+
+def test_invalid_json_file_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "broken.json").write_text('{"resourceType": ')
+    status, _, err = run(capsys, "invoke", str(tmp_path / "broken.json"))
+    assert status == 2
+    assert "broken.json: not valid JSON" in err
+
+
+def test_a_request_the_service_refuses_exits_non_zero(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    request = load_request("01-ssc-calcinosis")
+    del request["context"]["userId"]
+    (tmp_path / "bad.json").write_text(json.dumps(request))
+    status, out, err = run(capsys, "invoke", str(tmp_path / "bad.json"))
+    assert status == 1
+    assert out == ""
+    assert "the service answered 400" in err
+    assert "userId" in err
+
+
+def test_unknown_service_lists_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(capsys, "invoke", "01-ssc-calcinosis", "--service", "nope")
+    assert status == 2
+    assert "calcinosis-order-sign (order-sign)" in err
+
+
+def test_fhir_server_without_patient_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(capsys, "invoke", "--fhir-server", "http://127.0.0.1:9/fhir")
+    assert status == 2
+    assert "--patient ID" in err
+
+
+def test_invoke_a_running_service_with_url(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with app_with(tmp_path) as app:
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        base = f"http://127.0.0.1:{server.server_port}"
+        try:
+            name = "21-select-aluminium-egfr-22"
+            status, out, _ = run(capsys, "invoke", name, "--url", base, "--json")
+            assert status == 0
+            assert cards_of(out) == expected_cards(name, "order-select")
+            argv = ["invoke", "01-ssc-calcinosis", "--service", "calcinosis-order-sign"]
+            status, _, err = run(capsys, *argv, "--url", base)
+            assert status == 1
+            assert "the service answered 400" in err
+            assert "(at hook)" in err
+        finally:
+            server.shutdown()
+    status, _, err = run(capsys, "invoke", "01-ssc-calcinosis", "--url", base)
+    assert status == 2
+    assert "is the service up?" in err
+
+
+# ----------------------------------------------------------------------------- live FHIR server
+
+
+def test_invoke_against_a_fhir_server_on_loopback(
+    capsys: pytest.CaptureFixture[str], sekmet: str
+) -> None:
+    """The fixture patients, loaded into a real FHIR server from the exported transaction
+    Bundle, give the same cards when the service fetches their data itself."""
+    for name in ("01-ssc-calcinosis", *fixture_names()[1:4]):
+        patient = load_request(name)["context"]["patientId"]
+        argv = ["invoke", "--fhir-server", sekmet, "--patient", patient, "--json"]
+        status, out, err = run(capsys, *argv, "--token", SEKMET_TOKEN, "--as-of", "2026-11-23")
+        assert status == 0, err
+        assert sorted(cards_of(out)) == sorted(expected_cards(name)), name
+
+
+def test_a_refused_fhir_token_is_a_412(capsys: pytest.CaptureFixture[str], sekmet: str) -> None:
+    argv = ["invoke", "--fhir-server", sekmet, "--patient", "fix-01", "--token", "wrong"]
+    status, out, err = run(capsys, *argv)
+    assert status == 1
+    assert out == ""
+    assert "the service answered 412" in err
+
+
+# ----------------------------------------------------------------------------- check-knowledge
+
+
+def test_check_knowledge_passes_on_this_knowledge(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "check-knowledge")
+    assert status == 0
+    assert "All 5 checks passed." in out
+    for name in ("value sets", "card files", "citations", "services", "fixtures"):
+        assert f"ok    {name}" in out
+    assert f"{len(ALL_FIXTURES)} fixtures" in out
+
+
+def test_check_knowledge_names_an_incomplete_card(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cards = tmp_path / "cards"
+    shutil.copytree(DEFAULT_CARDS_DIR, cards)
+    path = cards / "colchicine-renal.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace("evidence_level:", "evidence:", 1))
+    status, out, _ = run(capsys, "check-knowledge", "--cards-dir", str(cards))
+    assert status == 1
+    assert "FAIL  card files" in out
+    assert "colchicine-renal.yaml: evidence_level: needs text in both 'en' and 'fr'" in out
+    assert "FAIL  fixtures    not run: needs the card files (see above)" in out
+    assert "checks failed: fix what is listed above" in out
+
+
+def test_check_knowledge_names_a_fixture_that_drifted(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    fixtures = tmp_path / "fixtures"
+    shutil.copytree(DEFAULT_FIXTURES_DIR, fixtures, ignore=shutil.ignore_patterns("*.py"))
+    path = fixtures / "order-select" / "21-select-aluminium-egfr-22.expected.json"
+    expected = json.loads(path.read_text())
+    expected["cards"][0]["indicator"] = "warning"
+    path.write_text(json.dumps(expected))
+    status, out, _ = run(capsys, "check-knowledge", "--fixtures-dir", str(fixtures))
+    assert status == 1
+    assert "FAIL  fixtures" in out
+    assert "order-select/21-select-aluminium-egfr-22: expected" in out
+    assert "ok    value sets" in out  # the other checks still run
+
+
+# ----------------------------------------------------------------------------- fixtures, export
+
+
+def test_fixtures_lists_names_and_hooks(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "fixtures")
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["hook", "name", "patient"]
+    assert len(lines) == len(ALL_FIXTURES) + 1
+    assert lines[1].split()[:4] == ["patient-view", "01-ssc-calcinosis", "fix-01", "58-year-old"]
+
+
+def test_export_fixtures_writes_a_valid_transaction_bundle(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out_file = tmp_path / "fixtures.json"
+    status, _, err = run(capsys, "export-fixtures", "-o", str(out_file))
+    assert status == 0
+    bundle = json.loads(out_file.read_text())
+    Bundle.model_validate(bundle)  # a valid FHIR R4 Bundle
+    assert bundle["type"] == "transaction"
+    urls = [e["request"]["url"] for e in bundle["entry"]]
+    assert len(urls) == len(set(urls))  # each resource once
+    assert all(e["request"]["method"] == "PUT" for e in bundle["entry"])
+    patients = {u.split("/")[1] for u in urls if u.startswith("Patient/")}
+    wanted = {load_request(n, h)["context"]["patientId"] for h, n in ALL_FIXTURES}
+    assert patients == wanted
+    assert not any("draft" in u for u in urls)  # draft orders are not server data
+    assert f"{len(urls)} resources of {len(patients)} patients" in err
+
+
+def test_export_named_fixtures_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "export-fixtures", "01-ssc-calcinosis")
+    assert status == 0
+    bundle = json.loads(out)
+    assert {e["resource"]["subject"]["reference"] for e in bundle["entry"][1:]} == {
+        "Patient/fix-01"
+    }
+    status, _, err = run(capsys, "export-fixtures", "nope")
+    assert status == 2
+    assert "nope: no such fixture" in err
+
+
+# ----------------------------------------------------------------------------- as a program
+
+
+def test_python_dash_m_and_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cds_service", "invoke", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "--fhir-server" in result.stdout
+    assert "examples:" in result.stdout
+
+
+def test_serve_runs_gunicorn_with_the_service(tmp_path: Path) -> None:
+    """`serve` is what `make run` uses: two workers answer discovery, hooks and /healthz, and
+    the server stops cleanly on SIGTERM."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CDS_", "DATABASE_URL"))},
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'served' / 'store.sqlite3'}",
+        "LOG_FORMAT": "json",
+    }
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments
+            [sys.executable, "-m", "cds_service", "serve", "--port", str(port), "--workers", "2"],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{base}/healthz", process, log)
+        services = httpx.get(f"{base}/cds-services").json()["services"]
+        assert len(services) == 3
+        name = "21-select-aluminium-egfr-22"
+        answer = httpx.post(
+            f"{base}/cds-services/calcinosis-order-select",
+            json=load_request(name, "order-select"),
+            headers={"Accept-Language": "fr"},
+        )
+        assert answer.status_code == 200
+        assert [c["indicator"] for c in answer.json()["cards"]] == ["critical"]
+        assert answer.headers["Content-Language"] == "fr"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        status = process.wait(timeout=30)
+    assert status == 0
+    assert (tmp_path / "served" / "store.sqlite3").is_file()
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith(f"calcinosis-cds: serving on http://127.0.0.1:{port}")
+    assert all(json.loads(line) for line in lines[1:])  # gunicorn and the service log in JSON
+
+
+def test_serve_refuses_a_bad_setting_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(capsys, "serve", "--auth", "jwt")
+    assert status == 2
+    assert err.strip() == (
+        "calcinosis-cds: setting: CDS_AUTH=jwt needs CDS_TRUSTED_ISSUERS (a JSON file of issuers)"
+    )
+
+
+def test_serve_refuses_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(capsys, "serve", "--port", "99999")
+    assert status == 2
+    assert "is not a TCP port" in err
