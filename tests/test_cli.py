@@ -22,6 +22,7 @@ from cds_service.cli import main
 from cds_service.fixture_set import list_fixtures
 from cds_service.settings import DEFAULT_CARDS_DIR, DEFAULT_FIXTURES_DIR
 from tests.conftest import (
+    NOW,
     SEKMET_TOKEN,
     app_with,
     collection,
@@ -32,6 +33,7 @@ from tests.conftest import (
     wait_until_up,
 )
 
+AS_OF = NOW.date().isoformat()  # the date the fixtures are anchored at
 ALL_FIXTURES = [(f.hook, f.name) for f in list_fixtures(DEFAULT_FIXTURES_DIR)]
 
 
@@ -108,7 +110,7 @@ def test_invoke_a_folder_of_fhir_files(capsys: pytest.CaptureFixture[str], tmp_p
     name = "01-ssc-calcinosis"
     for index, resource in enumerate(fixture_resources(name)):
         (tmp_path / f"{index:03}.json").write_text(json.dumps(resource))
-    status, out, _ = run(capsys, "invoke", str(tmp_path), "--json", "--as-of", "2026-11-23")
+    status, out, _ = run(capsys, "invoke", str(tmp_path), "--json", "--as-of", AS_OF)
     assert status == 0
     assert sorted(cards_of(out)) == sorted(expected_cards(name))
 
@@ -223,12 +225,12 @@ def test_invoke_a_running_service_with_url(
 def test_invoke_against_a_fhir_server_on_loopback(
     capsys: pytest.CaptureFixture[str], sekmet: str
 ) -> None:
-    """The fixture patients, loaded into a real FHIR server from the exported transaction
-    Bundle, give the same cards when the service fetches their data itself."""
-    for name in ("01-ssc-calcinosis", *fixture_names()[1:4]):
+    """Every patient-view fixture patient, loaded into a real FHIR server from the exported
+    transaction Bundle, gets its expected cards when the service fetches the data itself."""
+    for name in fixture_names():
         patient = load_request(name)["context"]["patientId"]
         argv = ["invoke", "--fhir-server", sekmet, "--patient", patient, "--json"]
-        status, out, err = run(capsys, *argv, "--token", SEKMET_TOKEN, "--as-of", "2026-11-23")
+        status, out, err = run(capsys, *argv, "--token", SEKMET_TOKEN, "--as-of", AS_OF)
         assert status == 0, err
         assert sorted(cards_of(out)) == sorted(expected_cards(name)), name
 
