@@ -94,6 +94,13 @@ def test_production_mode_refuses_an_unsafe_configuration(tmp_path: Path) -> None
     assert settings.public_base_url == "https://cds.example.org"
     with pytest.raises(SettingsError, match="https"):
         Settings.from_env({**good, "CDS_FHIR_SERVERS": "http://ehr.example.org/fhir"})
+    # The preview page (a developer tool) is off in production, and cannot be turned on there.
+    assert settings.preview is False
+    assert Settings.from_env({}).preview is True
+    with pytest.raises(SettingsError, match="CDS_PREVIEW must be off"):
+        Settings.from_env({**good, "CDS_PREVIEW": "on"})
+    with pytest.raises(SettingsError, match="CDS_PRODUCTION must be on or off"):
+        Settings.from_env({**good, "CDS_PRODUCTION": "maybe"})
 
 
 def test_jwt_needs_trusted_issuers() -> None:
