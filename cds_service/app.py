@@ -47,9 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # keep cards in the order the spec documents them
-    cds = CdsEngine(settings, store)
-    app.extensions["cds_engine"] = cds
-    app.extensions["cds_metrics"] = cds.metrics  # None with CDS_METRICS=off
+    app.extensions["cds_engine"] = CdsEngine(settings, store)
     app.extensions["cds_verifier"] = _verifier(settings, store)
     app.register_blueprint(bp)
     if settings.preview:  # the card preview page at "/" (a developer tool, CDS_PREVIEW)

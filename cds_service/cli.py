@@ -26,7 +26,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from cds_service.fixture_set import Fixture, find_fixture, list_fixtures, transaction_bundle
+from cds_service.errors import outcome_body
+from cds_service.fixture_set import (
+    REQUEST_SUFFIX,
+    Fixture,
+    find_fixture,
+    list_fixtures,
+    transaction_bundle,
+)
 from cds_service.hookrequest import RequestBuildError, build_request, resources_of
 from cds_service.settings import Settings, SettingsError
 
@@ -135,8 +142,9 @@ def _source(args: argparse.Namespace, settings: Settings) -> tuple[Any, Fixture 
                 f"`{PROG} fixtures` lists the fixture names"
             )
         return fixture.request(), fixture
-    if path.is_file() and path.name.endswith(".request.json"):
-        fixture = find_fixture(path.parent.parent, f"{path.parent.name}/{path.name[:-13]}")
+    if path.is_file() and path.name.endswith(REQUEST_SUFFIX):
+        name = path.name.removesuffix(REQUEST_SUFFIX)
+        fixture = find_fixture(path.parent.parent, f"{path.parent.name}/{name}")
         return _read_json(path), fixture
     if path.is_file():
         document = _read_json(path)
@@ -213,7 +221,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
                 body = engine.evaluate(service.id, request, args.lang).body
                 status = 200
             except InputError as exc:
-                status, body = exc.status, _outcome(exc.message, exc.path)
+                status, body = exc.status, outcome_body(exc.code, exc.message, exc.path)
         if status != 200:
             _print_error(status, body)
             return 1
@@ -262,13 +270,6 @@ def _request(args: argparse.Namespace, service: Any, source: Any) -> dict[str, A
         raise UsageError(f"{exc}{hint}") from None
 
 
-def _outcome(message: str, path: str | None) -> dict[str, Any]:
-    issue: dict[str, Any] = {"severity": "error", "diagnostics": message}
-    if path:
-        issue["expression"] = [path]
-    return {"resourceType": "OperationOutcome", "issue": [issue]}
-
-
 def _post(base: str, service_id: str, request: Mapping[str, Any], lang: str) -> tuple[int, Any]:
     import httpx
 
@@ -280,7 +281,9 @@ def _post(base: str, service_id: str, request: Mapping[str, Any], lang: str) -> 
     try:
         return response.status_code, response.json()
     except ValueError:
-        return response.status_code, _outcome(response.text[:200] or response.reason_phrase, None)
+        return response.status_code, outcome_body(
+            "processing", response.text[:200] or response.reason_phrase, None
+        )
 
 
 def _print_error(status: int, body: Any) -> None:

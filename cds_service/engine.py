@@ -68,12 +68,9 @@ class CdsEngine:
         )
         if settings.hash_key == DEVELOPMENT_HASH_KEY:
             log.warning("CDS_HASH_KEY is not set: using the development key")
+        self.hooks = {s.id: s.hook for s in self.services.values()}  # service id -> hook
         # Prometheus metrics (None with CDS_METRICS=off): label values come from this catalogue.
-        self.metrics: Metrics | None = (
-            create_metrics({s.id: s.hook for s in self.services.values()})
-            if settings.metrics
-            else None
-        )
+        self.metrics: Metrics | None = create_metrics(self.hooks) if settings.metrics else None
         self.fetcher = FhirFetcher(
             settings.fhir_timeout_ms / 1000,
             settings.fhir_deadline_ms / 1000,
@@ -129,7 +126,9 @@ class CdsEngine:
         try:
             found = prefetch.resolve(service.prefetch, body, policy)
         except PrefetchUnavailable as exc:
-            self._count_unsent(exc.keys, body, policy)
+            if exc.unsent is not None and self.metrics is not None:
+                for key in exc.keys:  # nothing was sent: the fetcher saw no query to count
+                    self.metrics.fetched(key, exc.unsent, None)
             raise
         now = self.settings.now()
         drafts = draft_orders(body["context"]) if service.hook in ORDER_HOOKS else None
@@ -166,23 +165,6 @@ class CdsEngine:
         except Exception as exc:  # noqa: BLE001 - memory is best effort
             log.error("could not remember cautions: %s", type(exc).__name__)
         return Evaluation({"cards": [cards[i] for i in order]}, issued)
-
-    def _count_unsent(
-        self, keys: list[str], body: Mapping[str, Any], policy: prefetch.FetchPolicy
-    ) -> None:
-        """Metrics of the keys that were not fetched because nothing could be sent (the
-        fetcher counts the queries it sent)."""
-        if self.metrics is None:
-            return
-        server = body.get("fhirServer")
-        if not isinstance(server, str):
-            outcome = "no_server"
-        elif policy.fetcher is None or not policy.permits(server):
-            outcome = "refused_server"
-        else:
-            return  # sent and failed: already counted
-        for key in keys:
-            self.metrics.fetched(key, outcome, None)
 
     def _unrepeated(
         self, hook: str, patient_id: str, encounter_id: str, findings: list[Finding], now: datetime

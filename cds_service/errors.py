@@ -6,6 +6,16 @@ turns it into a status code and an OperationOutcome body. Nothing here imports F
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def outcome_body(code: str, message: str, path: str | None) -> dict[str, Any]:
+    """A FHIR OperationOutcome with one error issue naming the JSON path at fault."""
+    issue: dict[str, Any] = {"severity": "error", "code": code, "diagnostics": message}
+    if path:
+        issue["expression"] = [path]
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
 
 class InputError(Exception):
     """The request cannot be processed as sent.
@@ -44,8 +54,11 @@ class PrefetchUnavailable(InputError):
     status = 412
     code = "processing"
 
-    def __init__(self, keys: list[str], reason: str) -> None:
+    def __init__(self, keys: list[str], reason: str, unsent: str | None = None) -> None:
         self.keys = keys
+        # Why no query was sent for these keys ("no_server", "refused_server"); None when
+        # queries were sent and failed (the fetcher reported each one).
+        self.unsent = unsent
         names = ", ".join(keys)
         super().__init__(
             f"Cannot evaluate: prefetch key(s) {names} {reason}.",

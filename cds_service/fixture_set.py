@@ -13,6 +13,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from cds_service.hookrequest import resources_of
+
 HOOKS = ("patient-view", "order-select", "order-sign")
 REQUEST_SUFFIX = ".request.json"
 
@@ -75,12 +77,8 @@ def find_fixture(root: Path, name: str) -> Fixture | None:
 
 def _prefetched(request: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
     for value in (request.get("prefetch") or {}).values():
-        if not isinstance(value, Mapping):
-            continue
-        if value.get("resourceType") == "Bundle":
-            yield from (e["resource"] for e in value.get("entry", []) if "resource" in e)
-        elif value.get("resourceType") != "OperationOutcome":
-            yield dict(value)
+        if isinstance(value, Mapping) and value.get("resourceType") != "OperationOutcome":
+            yield from resources_of(value)
 
 
 def transaction_bundle(requests: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -35,8 +35,9 @@ import os
 import sys
 import threading
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from functools import wraps
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -61,6 +62,32 @@ FETCH_OUTCOMES = (
 NONE = "none"  # label of routes that concern no service
 UNKNOWN = "unknown"  # label of a service id the catalogue does not have
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def service_labels(hooks: Mapping[str, str], service_id: str | None) -> tuple[str, str]:
+    """(service, hook) of a call, for labels and log fields: `none` for routes without a
+    service, `unknown` for an id the catalogue (`hooks`: service id -> hook) does not have,
+    whatever the caller put in the URL."""
+    if service_id is None:
+        return NONE, NONE
+    hook = hooks.get(service_id)
+    return (service_id, hook) if hook is not None else (UNKNOWN, UNKNOWN)
+
+
+def _never_raises(observe: Callable[..., None]) -> Callable[..., None]:
+    """A metric must not cost a clinician the cards: a failure to record is logged (its type
+    only), never raised."""
+
+    @wraps(observe)
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            observe(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            logging.getLogger("cds_service.metrics").error(
+                "could not record a metric: %s", type(exc).__name__
+            )
+
+    return guarded
 
 
 def multiprocess_dir() -> str | None:
@@ -121,30 +148,29 @@ class Metrics:
     # ------------------------------------------------------------------------- labels
 
     def service_labels(self, service_id: str | None) -> tuple[str, str]:
-        """(service, hook) labels: `none` for routes without a service, `unknown` for an id
-        the catalogue does not have (whatever the caller put in the URL)."""
-        if service_id is None:
-            return NONE, NONE
-        hook = self.services.get(service_id)
-        return (service_id, hook) if hook is not None else (UNKNOWN, UNKNOWN)
+        return service_labels(self.services, service_id)
 
     # ------------------------------------------------------------------------- observations
 
+    @_never_raises
     def request(self, route: str, service_id: str | None, status: int, seconds: float) -> None:
         service, hook = self.service_labels(service_id)
         self.requests.labels(route, service, hook, str(status)).observe(seconds)
 
+    @_never_raises
     def cards_issued(self, service_id: str, issued: Iterable[tuple[str, str]]) -> None:
         """`issued`: (rule id, indicator) of each card."""
         service, _hook = self.service_labels(service_id)
         for rule, indicator in issued:
             self.cards.labels(service, rule, indicator).inc()
 
+    @_never_raises
     def feedback_stored(self, service_id: str, outcomes: Iterable[str]) -> None:
         service, _hook = self.service_labels(service_id)
         for outcome in outcomes:
             self.feedback.labels(service, outcome).inc()
 
+    @_never_raises
     def fetched(self, key: str, outcome: str, seconds: float | None) -> None:
         """One prefetch query; `seconds` is None when nothing was sent."""
         if outcome not in FETCH_OUTCOMES:

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 
 from cds_service.app import create_app
 from cds_service.fixture_set import transaction_bundle
+from cds_service.hookrequest import resources_of
 from cds_service.hooks.validation import violations
 from cds_service.settings import Settings
 
@@ -163,16 +164,9 @@ def fixture_resources(
     """The FHIR resources of a fixture patient: what its prefetch carries, and (unless
     `drafts` is false) its draft orders."""
     request = load_request(name, hook)
-    found: list[dict[str, Any]] = []
-    for value in request["prefetch"].values():
-        if value is None:
-            continue
-        if value["resourceType"] == "Bundle":
-            found += [entry["resource"] for entry in value.get("entry", [])]
-        else:
-            found.append(value)
+    found = [r for value in request["prefetch"].values() if value for r in resources_of(value)]
     if drafts and "draftOrders" in request["context"]:
-        found += [entry["resource"] for entry in request["context"]["draftOrders"]["entry"]]
+        found += resources_of(request["context"]["draftOrders"])
     return found
 
 

@@ -515,23 +515,37 @@ def encode(doc: Any, raw: list[str] | None = None) -> bytes:
     return text.encode("utf-8")
 
 
+GENERIC_MUTATIONS = ("drop", "replace", "retype", "text")
+
+
+def any_path(draw: st.DrawFn, doc: Any) -> tuple[Any, ...]:
+    """A location of `doc`, the root included."""
+    paths = json_paths(doc)
+    return paths[draw(st.integers(0, len(paths) - 1))]
+
+
+def mutated(draw: st.DrawFn, doc: Any, path: tuple[Any, ...], op: str, surrogates: bool) -> Any:
+    """`doc` after one of the GENERIC_MUTATIONS at `path`."""
+    if op == "drop":
+        return drop(doc, path)
+    if op == "replace":
+        return put(doc, path, draw(json_values(surrogates)))
+    if op == "retype":
+        return put(doc, path, retyped(at(doc, path), draw(st.integers(0, 20))))
+    assert op == "text", op
+    return put(doc, path, draw(texts(surrogates)))
+
+
 @st.composite
 def mutated_fixture(draw: st.DrawFn, surrogates: bool = True) -> tuple[str, dict[str, Any]]:
     """A fixture request with one to three random mutations; returns (its hook, the body)."""
     hook, _name, original = draw(st.sampled_from(FIXTURES))
     doc: Any = copy.deepcopy(original)
     for _ in range(draw(st.integers(1, 3))):
-        paths = json_paths(doc)
-        path = paths[draw(st.integers(0, len(paths) - 1))]
+        path = any_path(draw, doc)
         op = draw(st.sampled_from(["drop", "drop", "replace", "retype", "text", "hook", "special"]))
-        if op == "drop":
-            doc = drop(doc, path)
-        elif op == "replace":
-            doc = put(doc, path, draw(json_values(surrogates)))
-        elif op == "retype":
-            doc = put(doc, path, retyped(at(doc, path), draw(st.integers(0, 20))))
-        elif op == "text":
-            doc = put(doc, path, draw(texts(surrogates)))
+        if op in GENERIC_MUTATIONS:
+            doc = mutated(draw, doc, path, op, surrogates)
         elif op == "hook" and isinstance(doc, dict):
             doc["hook"] = draw(st.sampled_from([*HOOKS, "patient-view ", "", "PATIENT-VIEW"]))
         elif op == "special" and isinstance(doc, dict):
@@ -700,17 +714,10 @@ def feedback_bodies(
     )
     doc: Any = {"feedback": [item]}
     for _ in range(draw(st.integers(0, 3)) if mutate else 0):
-        paths = json_paths(doc)
-        path = paths[draw(st.integers(0, len(paths) - 1))]
+        path = any_path(draw, doc)
         op = draw(st.sampled_from(["drop", "replace", "retype", "text", "duplicate"]))
-        if op == "drop":
-            doc = drop(doc, path)
-        elif op == "replace":
-            doc = put(doc, path, draw(json_values(surrogates)))
-        elif op == "retype":
-            doc = put(doc, path, retyped(at(doc, path), draw(st.integers(0, 20))))
-        elif op == "text":
-            doc = put(doc, path, draw(texts(surrogates)))
+        if op in GENERIC_MUTATIONS:
+            doc = mutated(draw, doc, path, op, surrogates)
         elif isinstance(doc, dict) and isinstance(doc.get("feedback"), list):
             copies = draw(st.sampled_from([2, 2, 3, 5, 8, 50]))
             doc["feedback"] = [copy.deepcopy(i) for _ in range(copies) for i in doc["feedback"]]

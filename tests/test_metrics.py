@@ -295,6 +295,23 @@ def test_each_app_counts_its_own_calls(tmp_path: Path) -> None:
     assert series(two, "cds_cards_total") == {}
 
 
+def test_a_metric_that_fails_to_record_costs_no_card(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with app_with(tmp_path) as app:
+        metrics = app.extensions["cds_engine"].metrics
+
+        def broken(*_labels: str) -> Any:
+            raise RuntimeError("registry unavailable")
+
+        metrics.cards.labels = broken
+        metrics.requests.labels = broken
+        response = app.test_client().post(f"/cds-services/{PATIENT_VIEW}", json=REQUEST)
+    assert response.status_code == 200
+    assert response.get_json()["cards"]
+    assert caplog.text.count("could not record a metric: RuntimeError") == 2
+
+
 def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
     with app_with(tmp_path, metrics=False) as app:
         client = app.test_client()
@@ -302,7 +319,7 @@ def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
         response = client.get("/metrics")
     assert response.status_code == 404
     assert response.get_json()["resourceType"] == "OperationOutcome"
-    assert app.extensions["cds_metrics"] is None
+    assert app.extensions["cds_engine"].metrics is None
 
 
 def test_metrics_need_no_token_like_healthz(tmp_path: Path) -> None:

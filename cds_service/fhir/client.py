@@ -51,7 +51,8 @@ class FetchError(Exception):
 
 DEADLINE = "no answer before the deadline"
 
-# Told of every query: (prefetch key, outcome, seconds until answered or given up).
+# Told of every query: (prefetch key, outcome, seconds until answered or given up); it must
+# not raise (Metrics.fetched never does).
 QueryObserver = Callable[[str, str, float], None]
 
 
@@ -135,7 +136,8 @@ class FhirFetcher:
                 outcomes[key] = "ok"
                 if answer.truncated:
                     result.truncated.append(key)
-            self._observe(key, outcomes[key], answer.seconds)
+            if self.observer is not None:
+                self.observer(key, outcomes[key], answer.seconds)
         for key, reason in result.failures.items():
             log.warning(
                 "FHIR fetch failed: key=%s reason=%s",
@@ -148,14 +150,6 @@ class FhirFetcher:
                 "FHIR fetch stopped at %d pages: key=%s", self.page_limit, key, extra={"key": key}
             )
         return result
-
-    def _observe(self, key: str, outcome: str, seconds: float) -> None:
-        if self.observer is None:
-            return
-        try:
-            self.observer(key, outcome, seconds)
-        except Exception as exc:  # noqa: BLE001 - metrics must never fail a fetch
-            log.error("could not record a FHIR fetch metric: %s", type(exc).__name__)
 
     def _timed_query(
         self, client: httpx.Client, base: str, token: str | None, query: str, deadline: float

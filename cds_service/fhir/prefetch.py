@@ -140,13 +140,16 @@ def _fetch(
     server = request.get("fhirServer")
     if not isinstance(server, str):
         raise PrefetchUnavailable(
-            keys, "were not prefetched, and the request names no fhirServer to fetch them from"
+            keys,
+            "were not prefetched, and the request names no fhirServer to fetch them from",
+            unsent="no_server",
         )
     if policy.fetcher is None or not policy.permits(server):
         raise PrefetchUnavailable(
             keys,
             "were not prefetched, and fhirServer is not a FHIR server this service is "
             "configured to query (CDS_FHIR_SERVERS)",
+            unsent="refused_server",
         )
     context = request.get("context") or {}
     queries = {key: render_template(templates[key], context) for key in keys}

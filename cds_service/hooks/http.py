@@ -19,9 +19,9 @@ from flask import Blueprint, Flask, Response, abort, current_app, g, jsonify, re
 from werkzeug.exceptions import HTTPException
 
 from cds_service.engine import CdsEngine
-from cds_service.errors import InputError, UnsupportedMediaType
+from cds_service.errors import InputError, UnsupportedMediaType, outcome_body
 from cds_service.hooks.validation import json_nesting_depth
-from cds_service.observability import NONE, UNKNOWN, Metrics, hook_instance
+from cds_service.observability import Metrics, hook_instance, service_labels
 from cds_service.settings import SUPPORTED_LANGUAGES
 from cds_service.terminology import YAML_LOADER
 from cds_service.trust import AuthError, JwtVerifier, VerifiedClient
@@ -50,26 +50,16 @@ def start_clock() -> None:
 
 
 def measure(action: Callable[[Metrics], None]) -> None:
-    """Record a metric, if metrics are on; a failure is logged, never raised (a metric must
-    not cost a clinician the cards)."""
-    metrics: Metrics | None = current_app.extensions.get("cds_metrics")
-    if metrics is None:
-        return
-    try:
+    """Record a metric, if metrics are on (CDS_METRICS); recording never raises."""
+    metrics = engine().metrics
+    if metrics is not None:
         action(metrics)
-    except Exception as exc:  # noqa: BLE001
-        log.error("could not record a metric: %s", type(exc).__name__)
 
 
 def service_fields(service_id: str | None) -> dict[str, str]:
-    """The service and hook of a call, for logs: `unknown` for an id not in the catalogue
-    (whatever the caller put in the URL)."""
-    if service_id is None:
-        return {"service": NONE, "hook": NONE}
-    service = engine().services.get(service_id)
-    if service is None:
-        return {"service": UNKNOWN, "hook": UNKNOWN}
-    return {"service": service.id, "hook": service.hook}
+    """The service and hook of a call, for logs (the same values as the metrics' labels)."""
+    service, hook = service_labels(engine().hooks, service_id)
+    return {"service": service, "hook": hook}
 
 
 @bp.after_app_request
@@ -123,10 +113,7 @@ def authenticate() -> Response | None:
 
 def operation_outcome(status: int, code: str, message: str, path: str | None) -> Response:
     """A JSON error body: a FHIR OperationOutcome naming the JSON path at fault."""
-    issue: dict[str, Any] = {"severity": "error", "code": code, "diagnostics": message}
-    if path:
-        issue["expression"] = [path]
-    response = jsonify({"resourceType": "OperationOutcome", "issue": [issue]})
+    response = jsonify(outcome_body(code, message, path))
     response.status_code = status
     return response
 
@@ -274,7 +261,7 @@ def openapi() -> Response:
 def metrics() -> Response:
     """Prometheus metrics (all workers added up under gunicorn); 404 with CDS_METRICS=off.
     Public like /healthz: restrict it at the load balancer."""
-    observed: Metrics | None = current_app.extensions.get("cds_metrics")
+    observed = engine().metrics
     if observed is None:
         abort(404)
     body, content_type = observed.exposition()
