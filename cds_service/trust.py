@@ -6,7 +6,8 @@ CDS Client with an asymmetric key (ES384 or RS384 recommended; ``none`` and ever
 algorithm are refused whatever the configuration says). The service trusts only the issuers
 (``iss``) it is configured with, fetches their public keys only from the URLs configured for
 them (``jwks_url``, or a ``jku`` on that issuer's allowlist) or uses a JWK Set exchanged out of
-band, and refuses a token whose ``jti`` it has already seen.
+band (first, even when the token names a ``jku``: nothing is downloaded for a kid it holds), and
+refuses a token whose ``jti`` it has already seen.
 
 No Flask here: `JwtVerifier.verify` takes the header value and the expected audience (the URL
 of the endpoint being called) and returns a `VerifiedClient` or raises `AuthError`. The
@@ -311,15 +312,16 @@ class JwtVerifier:
 
     def _signing_key(self, issuer: TrustedIssuer, header: Mapping[str, Any]) -> jwt.PyJWK:
         kid, alg, jku = header["kid"], header["alg"], header.get("jku")
-        jwk: dict[str, Any] | None
-        if jku is not None:
-            if not isinstance(jku, str) or jku not in issuer.allowed_jku:
-                raise AuthError("jku not allowed")
+        if jku is not None and (not isinstance(jku, str) or jku not in issuer.allowed_jku):
+            raise AuthError("jku not allowed")
+        # A JWK Set given out of band comes first, with or without a jku: a client that always
+        # names its key URL (the CDS Hooks Sandbox does) then works offline. Only a kid the
+        # static set lacks is looked up at the (allowed) jku, or else at the jwks_url.
+        jwk = self._static.get(issuer.iss, {}).get(kid)
+        if jwk is None and jku is not None:
             jwk = self._key_from_url(jku, kid)
-        else:
-            jwk = self._static.get(issuer.iss, {}).get(kid)
-            if jwk is None and issuer.jwks_url is not None:
-                jwk = self._key_from_url(issuer.jwks_url, kid)
+        elif jwk is None and issuer.jwks_url is not None:
+            jwk = self._key_from_url(issuer.jwks_url, kid)
         if jwk is None:
             raise AuthError("unknown kid")
         if "alg" in jwk and jwk["alg"] != alg:

@@ -435,6 +435,71 @@ def test_jku_of_another_issuer_is_not_allowed(clock: Clock, ec_key) -> None:
     assert refused(verifier, bearer(sign(ec_key, jku=JKU)())) == "jku not allowed"
 
 
+def test_static_jwks_serves_a_token_that_names_an_allowed_jku(clock: Clock, ec_key) -> None:
+    # The CDS Hooks Sandbox always sends a jku: with the key set given out of band, nothing
+    # is downloaded (the service works offline), whatever the jku answers.
+    issuer = TrustedIssuer(
+        iss=ISS,
+        jwks_url=JWKS_URL,
+        jwks={"keys": [public_jwk(ec_key, "ec-1", "ES384")]},
+        allowed_jku=(JKU,),
+    )
+    fetch = FakeFetch()  # every URL fails: offline
+    verifier = make_verifier([issuer], fetch, clock)
+    assert verifier.verify(bearer(sign(ec_key, jku=JKU)()), AUD).iss == ISS
+    assert verifier.verify(bearer(sign(ec_key)()), AUD).iss == ISS
+    assert fetch.calls == []
+
+
+def test_static_jwks_still_refuses_a_jku_not_allowed(clock: Clock, ec_key) -> None:
+    issuer = TrustedIssuer(iss=ISS, jwks={"keys": [public_jwk(ec_key, "ec-1")]}, allowed_jku=(JKU,))
+    fetch = FakeFetch()
+    verifier = make_verifier([issuer], fetch, clock)
+    token = sign(ec_key, jku="https://attacker.example.net/jwks.json")()
+    assert refused(verifier, bearer(token)) == "jku not allowed"
+    # Without an allowlist, no jku is acceptable even though the static set holds the kid.
+    bare = make_verifier([TrustedIssuer(iss=ISS, jwks=issuer.jwks)], fetch, clock)
+    assert refused(bare, bearer(sign(ec_key, jku=JKU)())) == "jku not allowed"
+    assert fetch.calls == []
+
+
+def test_static_jwks_without_the_kid_falls_back_to_the_allowed_jku(
+    clock: Clock, ec_key, ec_key_2
+) -> None:
+    issuer = TrustedIssuer(iss=ISS, jwks={"keys": [public_jwk(ec_key, "ec-1")]}, allowed_jku=(JKU,))
+    fetch = FakeFetch({JKU: {"keys": [public_jwk(ec_key_2, "ec-2")]}})
+    verifier = make_verifier([issuer], fetch, clock)
+    assert verifier.verify(bearer(sign(ec_key_2, kid="ec-2", jku=JKU)()), AUD).iss == ISS
+    assert fetch.calls == [JKU]
+    # A kid the static set holds is checked with the static key, not the downloaded one.
+    assert refused(verifier, bearer(sign(ec_key_2, jku=JKU)())) == "bad signature"
+    assert fetch.calls == [JKU]
+
+
+def test_shipped_sandbox_issuer_works_offline(clock: Clock) -> None:
+    """docs/trusted-issuers.sandbox.json holds the Sandbox's public key set, so its tokens
+    (ES384, always with a jku) verify without the network. The signing key here is made up:
+    only the kid and the refusal of a foreign signature are checked with the shipped key."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "trusted-issuers.sandbox.json"
+    issuers = load_issuers(path)
+    sandbox = issuers["https://sandbox.cds-hooks.org"]
+    jku = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+    assert jku in sandbox.allowed_jku
+    assert sandbox.jwks is not None
+    kid = sandbox.jwks["keys"][0]["kid"]
+    fetch = FakeFetch()
+    verifier = JwtVerifier(issuers, replay=MemoryReplay(), fetch_jwks=fetch, clock=clock)
+    forged = jwt.encode(
+        claims(iss=sandbox.iss),
+        ec.generate_private_key(ec.SECP384R1()),
+        algorithm="ES384",
+        headers={"kid": kid, "jku": jku, "typ": "JWT"},
+    )
+    # The shipped key was used (a signature check ran, and failed), and nothing was fetched.
+    assert refused(verifier, bearer(forged)) == "bad signature"
+    assert fetch.calls == []
+
+
 @pytest.mark.parametrize(
     ("header", "reason"),
     [
