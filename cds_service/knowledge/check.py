@@ -18,6 +18,7 @@ from cds_service import rules
 from cds_service.cards import CardContentError, CardLibrary, load_library
 from cds_service.fixture_set import list_fixtures
 from cds_service.hooks.services import load_services
+from cds_service.knowledge import provenance
 from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.safety import table_valuesets
 from cds_service.settings import Settings
@@ -134,8 +135,30 @@ class KnowledgeChecks:
             url = str(data.get("source", {}).get("url", ""))
             if url and not url.startswith("https://"):
                 self._notes.append(f"{rule_id}: source link is plain http ({url})")
-        _fail_if(problems, "some cards do not cite their sources")
-        return "every card cites a source document and states its evidence level in en and fr"
+        # Every citation of the knowledge files resolves inside the repository: a seed in
+        # docs/sources.md, "codes.md §N" in a section of docs/codes.md (issue 11, §5).
+        unresolved, cited = provenance.citation_problems(
+            provenance.knowledge_files(self.settings.cards_dir)
+        )
+        problems += unresolved
+        _fail_if(problems, "some cards do not cite their sources, or a citation does not resolve")
+        self._note_stale_codes_table()
+        return (
+            "every card cites a source document and states its evidence level in en and fr; "
+            f"{cited} citations resolve in docs/sources.md and docs/codes.md"
+        )
+
+    def _note_stale_codes_table(self) -> None:
+        try:
+            stale = not provenance.up_to_date()
+        except (OSError, provenance.ProvenanceError) as exc:
+            self._notes.append(f"docs/codes.md cannot be regenerated: {exc}")
+            return
+        if stale:
+            self._notes.append(
+                "docs/codes.md is out of date with the value sets or the product lexicon: "
+                f"run {provenance.REGENERATE}"
+            )
 
     def services(self) -> str:
         try:
