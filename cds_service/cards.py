@@ -22,6 +22,7 @@ import yaml
 
 from cds_service.fhir import units
 from cds_service.fhir.record import (
+    NOT_ALLOWED,
     CodedResult,
     ConditionFact,
     DataNote,
@@ -32,6 +33,7 @@ from cds_service.knowledge.renal import RenalStatus
 from cds_service.rules.base import Finding
 from cds_service.settings import SUPPORTED_LANGUAGES
 from cds_service.terminology import ATC, LOINC, RXNORM, YAML_LOADER, Terminology
+from cds_service.terminology.medicines import ingredient_title
 
 INDICATORS = ("critical", "warning", "info")  # most urgent first
 ACTION_KINDS = (
@@ -323,6 +325,10 @@ def _service_request(patient_id: str, code: Mapping[str, Any]) -> dict[str, Any]
     }
 
 
+# How a laboratory comparator is written on a card (FHIR Quantity.comparator codes).
+SHOWN_COMPARATORS = {"<": "<", "<=": "≤", ">": ">", ">=": "≥"}
+
+
 class _Formatter:
     """Locale-aware formatting of record facts for one card."""
 
@@ -358,7 +364,28 @@ class _Formatter:
         return self.concept(medication.match.valueset)
 
     def how(self, fact: ConditionFact | MedicationFact) -> str:
-        return fact.match.label if fact.match.by == "code" else self.t("recognised_by_text")
+        match = fact.match
+        if match.how in self.common.get("recognised_by", {}):
+            return self.common["recognised_by"][match.how][self.lang].format(code=match.label)
+        return match.label if match.by == "code" else self.t("recognised_by_text")
+
+    def ingredients(self, names: tuple[str, ...]) -> str:
+        return ", ".join(ingredient_title(name, self.lang) for name in names)
+
+    def product(self, order: MedicationFact) -> str:
+        """The product as sent, what it holds and how it was recognised: "MAALOX, suspension
+        buvable (aluminium hydroxide, magnesium hydroxide; recognised by brand name)"."""
+        match = order.match
+        # No name sent (a bare code): the name the lexicon knows the product by, else the code.
+        name = match.product or match.known_as or order.display
+        holds = self.ingredients(match.ingredients) if match.ingredients else self.drug(order)
+        sep = " ; " if self.lang == "fr" else "; "
+        return f"{md_escape(name)} ({holds}{sep}{self.how(order)})"
+
+    def product_note(self, order: MedicationFact) -> str:
+        """A caveat on the product's composition (a brand whose products differ), or ""."""
+        note = dict(order.match.note).get(self.lang)
+        return f" {md_escape(note)}" if note else ""
 
     # ---------------------------------------------------------------- values
 
@@ -367,8 +394,12 @@ class _Formatter:
         for key, name in (("drug", "drug"), ("other", "other")):
             order = facts.get(key)
             if isinstance(order, MedicationFact):
-                values[name] = f"{self.drug(order)} (“{md_escape(order.display)}”)"
+                values[name] = self.product(order)
                 values[f"{name}_name"] = self.drug(order)
+                values[f"{name}_salts"] = (
+                    self.ingredients(order.match.salts) if order.match.salts else self.drug(order)
+                )
+                values[f"{name}_note"] = self.product_note(order)
                 values[f"{'order' if key == 'drug' else 'other'}_kind"] = self.t(
                     "order_kind", "draft" if order.draft else "active"
                 )
@@ -395,10 +426,46 @@ class _Formatter:
             steps = self.card_steps or {}
             lines = [steps[f][self.lang] for f in facts["features"] if f in steps]
             values["steps"] = "\n".join(f"- {line}" for line in lines)
+        if facts.get("notes"):
+            values["notes_summary"] = self.notes_summary(tuple(facts["notes"]))
         if "abnormalities" in facts:
             lines = [self.abnormality(key, fact) for key, fact in facts["abnormalities"]]
             values["abnormalities"] = "\n".join(f"- {line}" for line in lines)
         return values
+
+    def what(self, note: DataNote) -> str:
+        kinds = self.common["data_note"]["what"]
+        return kinds.get(note.resource_type, kinds["other"])[self.lang]
+
+    def note_reason(self, note: DataNote) -> str:
+        if note.reason == NOT_ALLOWED:
+            return self.t("data_note", "not_allowed")
+        return md_escape(note.reason) if note.reason else self.t("data_note", "no_reason")
+
+    def data_note(self, note: DataNote) -> str:
+        """One left-out item (unreadable resource, unidentified order, incomplete search)."""
+        if note.kind == "incomplete":
+            return self.t("evidence", "note_incomplete").format(
+                key=md_escape(note.detail), reason=self.note_reason(note)
+            )
+        if note.kind == "unidentified-order":
+            return self.t("evidence", "note_unidentified").format(ref=md_escape(note.ref))
+        concept = f" ({self.concept(note.concept)})" if note.concept else ""
+        return self.t("evidence", "note_unreadable").format(
+            what=self.what(note), concept=concept, ref=md_escape(note.ref), field=note.detail
+        )
+
+    def notes_summary(self, notes: tuple[DataNote, ...]) -> str:
+        if len(notes) > 1:
+            return self.t("data_note", "several").format(count=len(notes))
+        note = notes[0]
+        if note.kind == "incomplete":
+            return self.t("data_note", "one_incomplete").format(key=note.detail)
+        if note.kind == "unidentified-order":
+            return self.t("data_note", "one_unidentified").format(ref=note.ref)
+        return self.t("data_note", "one_unreadable").format(
+            what=self.what(note), ref=note.ref, field=note.detail
+        )
 
     def criterion(self, fact: Any) -> str:
         """The record fact a safety card rests on, phrased for a sentence."""
@@ -433,8 +500,12 @@ class _Formatter:
             return self.t("abnormality", "renal").format(renal_short=self.renal_short(fact))
         return ""
 
+    def comparator(self, comparator: str | None) -> str:
+        """ "< " for "<": a laboratory bound is never shown without its comparator."""
+        return f"{SHOWN_COMPARATORS[comparator]} " if comparator in SHOWN_COMPARATORS else ""
+
     def egfr(self, renal: RenalStatus) -> str:
-        return self.number(renal.egfr or 0.0, 0)
+        return self.comparator(renal.comparator) + self.number(renal.egfr or 0.0, 0)
 
     def renal_short(self, renal: RenalStatus) -> str:
         if renal.source == "coded":
@@ -449,43 +520,71 @@ class _Formatter:
                     egfr=self.egfr(renal), date=self.date(renal.date)
                 )
             return self.t("renal", "short_lab").format(
-                egfr=self.egfr(renal), category=renal.category
+                egfr=self.egfr(renal), category=renal.category_label
             )
         return self.t("renal", "short_unknown")
 
     def renal_long(self, renal: RenalStatus) -> str:
+        """The renal status in one sentence, naming its source and date (and the older
+        evidence it outweighed)."""
+        if renal.source == "coded" and renal.procedure is not None:
+            return self.t("renal", "dialysis_procedure").format(
+                display=md_escape(renal.procedure.display), date=self.date(renal.date)
+            )
         if renal.source == "coded":
             assert renal.condition is not None
             since = (
                 self.t("evidence", "since").format(date=self.date(renal.date)) if renal.date else ""
             )
             key = "dialysis" if renal.dialysis else "coded"
+            older = renal.superseded
+            asserted = renal.condition.asserted
+            if key == "coded" and isinstance(older, LabResult) and asserted:
+                key = "coded_newer" if asserted > older.when.date() else key
             return self.t("renal", key).format(
-                display=md_escape(renal.condition.display), since=since
+                display=md_escape(renal.condition.display),
+                since=since,
+                lab_date=self.date(older.when) if isinstance(older, LabResult) else "?",
             )
         if renal.source == "measured":
             assert renal.lab is not None
             text = self.t("renal", "measured").format(
                 egfr=self.egfr(renal),
                 date=self.date(renal.date),
-                category=renal.category,
+                category=renal.category_label,
                 code=renal.lab.code,
             )
         elif renal.source == "computed":
             assert renal.lab is not None
             sex = self.t("sex", renal.sex) if renal.sex else "?"
+            ages = renal.age_range
             text = self.t("renal", "computed").format(
                 egfr=self.egfr(renal),
                 date=self.date(renal.date),
-                category=renal.category,
-                creatinine=self.number(renal.lab.value, 2),
-                age=renal.age_at_test,
+                category=renal.category_label,
+                creatinine=self.comparator(renal.lab.comparator) + self.number(renal.lab.value, 2),
+                age=f"{ages[0]}-{ages[1]}" if ages else renal.age_at_test,
                 sex=sex,
             )
+            if ages:
+                text += self.t("renal", "age_approximate")
         elif renal.reason == "egfr-not-computable":
-            return self.t("renal", "not_computable")
+            key = "not_computable"
+            if "exact birth date" in renal.missing:
+                key = "not_computable_age_range"
+            return self.t("renal", key)
         else:
             return self.t("renal", "unknown")
+        if isinstance(renal.superseded, ConditionFact):
+            older = renal.superseded
+            since = (
+                self.t("evidence", "since").format(date=self.date(older.since))
+                if older.since
+                else ""
+            )
+            text += self.t("renal", "instead_of_coded").format(
+                display=md_escape(older.display), since=since
+            )
         return self.t("renal", "stale").format(lab=text) if renal.stale else text
 
     # ---------------------------------------------------------------- evidence
@@ -511,14 +610,15 @@ class _Formatter:
             measured = ""
             if item.measured_unit and item.measured_value != item.value:
                 measured = self.t("evidence", "lab_measured_as").format(
-                    value=self.number(
+                    value=self.comparator(item.comparator)
+                    + self.number(
                         item.measured_value, 0 if item.measured_value.is_integer() else 2
                     ),
                     unit=md_escape(item.measured_unit),
                 )
             return self.t("evidence", "lab").format(
                 concept=self.concept(item.concept),
-                value=self.number(item.value, decimals),
+                value=self.comparator(item.comparator) + self.number(item.value, decimals),
                 unit=item.unit,
                 date=self.date(item.when),
                 measured=measured,
@@ -550,6 +650,8 @@ class _Formatter:
                 code=item.code,
                 ref=item.ref,
             )
+        if isinstance(item, DataNote) and item.kind != "unit-not-recognised":
+            return self.data_note(item)
         if isinstance(item, DataNote):
             return self.t("evidence", "note_unit").format(
                 concept=self.concept(item.concept),

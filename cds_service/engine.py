@@ -26,6 +26,7 @@ from cds_service.hooks.validation import first_violation
 from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.safety import table_valuesets
 from cds_service.observability import Metrics, create_metrics
+from cds_service.rules import data_notes
 from cds_service.rules.base import Finding
 from cds_service.settings import DEVELOPMENT_HASH_KEY, Settings
 from cds_service.store import FeedbackEntry, IssuedCard, Store
@@ -51,7 +52,7 @@ class CdsEngine:
         self.library = load_library(settings.cards_dir, self.terminology)
         self.renderer = Renderer(self.library)
         self.services: dict[str, ServiceDefinition] = load_services(self.terminology)
-        needed = {r for s in self.services.values() for r in s.rules} | {rules.CHECK_FAILED}
+        needed = {r for s in self.services.values() for r in s.rules} | set(rules.SERVICE_CARDS)
         missing = needed - set(self.library.cards)
         if missing:
             raise ValueError(f"no card content for rules {sorted(missing)} in cards/")
@@ -132,11 +133,14 @@ class CdsEngine:
             raise
         now = self.settings.now()
         drafts = draft_orders(body["context"]) if service.hook in ORDER_HOOKS else None
-        record = build_record(found.resources, patient_id, self.terminology, now, drafts)
-        encounter_id = str(body["context"].get("encounterId", ""))
-        findings = self._unrepeated(
-            service.hook, patient_id, encounter_id, rules.run(service.rules, record), now
+        record = build_record(
+            found.resources, patient_id, self.terminology, now, drafts, found.notes
         )
+        if record.patient.deceased:  # no advice about a deceased patient (issue 11)
+            return Evaluation({"cards": []}, ())
+        encounter_id = str(body["context"].get("encounterId", ""))
+        fired = data_notes.attach(rules.run(service.rules, record), record)
+        findings = self._unrepeated(service.hook, patient_id, encounter_id, fired, now)
 
         cards = [self.renderer.render(f, lang, patient_id) for f in findings]
         # Most urgent first; among equals, by rule id (a stable order EHRs can rely on).

@@ -144,7 +144,13 @@ def test_show_request_prints_the_built_request(
     built = json.loads(out)
     assert built["hook"] == "patient-view"
     assert built["context"]["patientId"] == request["context"]["patientId"]
-    assert set(built["prefetch"]) == {"patient", "conditions", "observations", "medications"}
+    assert set(built["prefetch"]) == {
+        "patient",
+        "conditions",
+        "observations",
+        "medications",
+        "procedures",
+    }
 
 
 # ----------------------------------------------------------------------------- invoke errors

@@ -27,7 +27,7 @@ from tests.fhir_stub import StubFhirServer, bundle, fhir
 TOKEN = "secret-access-token-5d1c"
 REQUEST = load_request("02-aluminium-egfr-22")
 PATIENT_ID = REQUEST["context"]["patientId"]
-KEYS = ("patient", "conditions", "observations", "medications")
+KEYS = ("patient", "conditions", "observations", "medications", "procedures")
 EXPECTED_02 = expected_indicators("02-aluminium-egfr-22")  # with the full prefetch
 
 
@@ -45,12 +45,13 @@ def resources_of(key: str) -> list[dict[str, Any]]:
 
 
 def ehr_routes() -> dict[str, Any]:
-    """Stub routes answering our four prefetch queries with fixture 02's data."""
+    """Stub routes answering our five prefetch queries with fixture 02's data."""
     return {
         f"/fhir/Patient/{PATIENT_ID}": lambda _p: fhir(prefetched("patient")),
         "/fhir/Condition?": lambda _p: fhir(bundle(resources_of("conditions"))),
         "/fhir/Observation?": lambda _p: fhir(bundle(resources_of("observations"))),
         "/fhir/MedicationRequest?": lambda _p: fhir(bundle(resources_of("medications"))),
+        "/fhir/Procedure?": lambda _p: fhir(bundle(resources_of("procedures"))),
     }
 
 
@@ -82,7 +83,7 @@ def test_missing_keys_are_fetched_with_the_bearer_token(tmp_path: Path) -> None:
     with StubFhirServer(ehr_routes()) as stub:
         response = call(tmp_path, stub, drop=KEYS)
     assert indicators(response) == EXPECTED_02
-    assert len(stub.seen) == 4
+    assert len(stub.seen) == len(KEYS)
     for seen in stub.seen:
         assert seen.headers["Authorization"] == f"Bearer {TOKEN}"
         assert seen.headers["Accept"] == "application/fhir+json"

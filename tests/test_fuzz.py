@@ -307,7 +307,10 @@ def request_shaped() -> st.SearchStrategy[dict[str, Any]]:
             "hookInstance": texts(),
             "context": context | json_values(),
             "prefetch": st.dictionaries(
-                st.sampled_from(["patient", "conditions", "observations", "medications"]) | KEYS,
+                st.sampled_from(
+                    ["patient", "conditions", "observations", "medications", "procedures"]
+                )
+                | KEYS,
                 st.none() | json_values(),
                 max_size=4,
             ),
@@ -549,7 +552,11 @@ def mutated_fixture(draw: st.DrawFn, surrogates: bool = True) -> tuple[str, dict
         elif op == "hook" and isinstance(doc, dict):
             doc["hook"] = draw(st.sampled_from([*HOOKS, "patient-view ", "", "PATIENT-VIEW"]))
         elif op == "special" and isinstance(doc, dict):
-            key = draw(st.sampled_from(["patient", "conditions", "observations", "medications"]))
+            key = draw(
+                st.sampled_from(
+                    ["patient", "conditions", "observations", "medications", "procedures"]
+                )
+            )
             prefetch = doc.setdefault("prefetch", {})
             if isinstance(prefetch, dict):
                 prefetch[key] = copy.deepcopy(

@@ -99,7 +99,7 @@ def test_wrong_hook_for_the_service_is_400(client: FlaskClient) -> None:
     assert "patient-view" in found["diagnostics"]
 
 
-def test_invalid_fhir_resource_the_rules_read_is_400_with_its_path(client: FlaskClient) -> None:
+def test_invalid_fhir_resource_the_rules_read_is_left_out_and_named(client: FlaskClient) -> None:
     def break_egfr(body: dict[str, Any]) -> None:
         entries = body["prefetch"]["observations"]["entry"]
         index = next(
@@ -111,12 +111,17 @@ def test_invalid_fhir_resource_the_rules_read_is_400_with_its_path(client: Flask
         body["_index"] = index
 
     body = mutated(break_egfr)
-    index = body.pop("_index")
-    found = issue(400, client.post(SERVICE_URL, json=body))
-    assert found["expression"] == [
-        f"prefetch.observations.entry[{index}].resource.valueQuantity.value"
-    ]
-    assert "twenty-two" not in found["diagnostics"]  # the error never echoes patient data
+    body.pop("_index")
+    response = client.post(SERVICE_URL, json=body)
+    assert response.status_code == 200
+    cards = {c["source"]["topic"]["code"]: c for c in response.json["cards"]}
+    # Renal function is now unknown: the aluminium card falls to a warning and names the
+    # result it could not read, with its field, never its value.
+    aluminium = cards["aluminium-hydroxide-renal"]
+    assert aluminium["indicator"] == "warning"
+    assert "Not read: result (eGFR)" in aluminium["detail"]
+    assert "field valueQuantity" in aluminium["detail"]
+    assert "twenty-two" not in response.get_data(as_text=True)
 
 
 def test_resource_of_another_patient_is_400(client: FlaskClient) -> None:
@@ -193,7 +198,8 @@ def test_operation_outcome_prefetch_is_412(client: FlaskClient) -> None:
 def test_no_prefetch_at_all_is_412_naming_every_key(client: FlaskClient) -> None:
     found = issue(412, client.post(SERVICE_URL, json=mutated(lambda b: b.pop("prefetch"))))
     assert found["expression"] == [
-        "prefetch.patient, prefetch.conditions, prefetch.observations, prefetch.medications"
+        "prefetch.patient, prefetch.conditions, prefetch.observations, prefetch.medications, "
+        "prefetch.procedures"
     ]
 
 

@@ -36,7 +36,7 @@ from tests.conftest import (
 from tests.fhir_stub import StubFhirServer, fhir
 
 TOKEN = "hygiene-access-token-9c41e7"
-KEYS = ("patient", "conditions", "observations", "medications")
+KEYS = ("patient", "conditions", "observations", "medications", "procedures")
 
 
 # ----------------------------------------------------------------------------- patient data

@@ -46,7 +46,7 @@ SERVICE_ROUTE = "/cds-services/<service_id>"
 REQUEST = load_request("02-aluminium-egfr-22")
 PATIENT_ID = REQUEST["context"]["patientId"]
 TOKEN = "metrics-access-token-31f0"
-KEYS = ("patient", "conditions", "observations", "medications")
+KEYS = ("patient", "conditions", "observations", "medications", "procedures")
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -207,6 +207,7 @@ EHR = {
     "/fhir/Condition?": lambda _p: fhir(bundle(resources_of("conditions"))),
     "/fhir/Observation?": lambda _p: fhir(bundle(resources_of("observations"))),
     "/fhir/MedicationRequest?": lambda _p: fhir(bundle(resources_of("medications"))),
+    "/fhir/Procedure?": lambda _p: fhir(bundle(resources_of("procedures"))),
 }
 UNAUTHORIZED = {"/fhir": lambda _p: fhir({"resourceType": "OperationOutcome"}, 401)}
 NOT_JSON = {"/fhir": lambda _p: (200, "text/plain", b"hello")}

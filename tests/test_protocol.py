@@ -25,7 +25,9 @@ from tests.conftest import (
 FEEDBACK_URL = f"{SERVICE_URL}/feedback"
 SANDBOX = "https://sandbox.cds-hooks.org"
 # Search parameters of the spec's recommended prefetch subset used by our templates.
-ALLOWED_PARAMS = {"patient", "code", "status", "category", "date", "_count", "_sort"}
+# The spec's recommended subset, plus `_include=MedicationRequest:medication` so that the
+# Medications that orders reference come with them (issue 11).
+ALLOWED_PARAMS = {"patient", "code", "status", "category", "date", "_count", "_sort", "_include"}
 
 
 def test_discovery_lists_exactly_the_service_definitions(client: FlaskClient) -> None:
@@ -38,7 +40,13 @@ def test_discovery_lists_exactly_the_service_definitions(client: FlaskClient) ->
     assert service["hook"] == "patient-view"
     assert service["title"]
     assert service["description"]
-    assert set(service["prefetch"]) == {"patient", "conditions", "observations", "medications"}
+    assert set(service["prefetch"]) == {
+        "patient",
+        "conditions",
+        "observations",
+        "medications",
+        "procedures",
+    }
     # Internal fields never leak into discovery.
     assert "rules" not in service
 

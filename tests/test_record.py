@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cds_service.errors import InputError
+from cds_service.fhir.record import validation_problem
 from tests.helpers import (
     ICD10CM,
+    RXNORM,
     SNOMED,
     condition,
     creatinine,
@@ -33,8 +34,9 @@ from tests.helpers import (
     ],
 )
 def test_condition_statuses(clinical: str | None, verification: str | None, counts: bool) -> None:
-    rec = record(condition(SNOMED, "89155008", clinical=clinical, verification=verification))
-    assert rec.has_condition("systemic-sclerosis") is counts
+    # CKD stage 4: not a disease whose quiescent phases still count (see CHRONIC_COUNTS).
+    rec = record(condition(SNOMED, "431857002", clinical=clinical, verification=verification))
+    assert rec.has_condition("ckd-stage-4") is counts
 
 
 def test_condition_recognised_by_icd_descendant_and_by_text() -> None:
@@ -214,13 +216,39 @@ def test_unrelated_drug_text_is_not_matched() -> None:
     assert rec.medications_in("aluminium-hydroxide") == []
 
 
-def test_invalid_resource_raises_with_path() -> None:
+def test_invalid_resource_is_left_out_and_named() -> None:
     bad = egfr(30)
     bad["effectiveDateTime"] = "yesterday"
     bad["valueQuantity"]["value"] = "thirty"
-    with pytest.raises(InputError) as exc:
-        record(patient(), bad)
-    assert exc.value.path.startswith("prefetch.test.entry[1].resource.")
+    rec = record(patient(), bad)
+    assert "egfr" not in rec.labs
+    assert [(n.kind, n.concept, n.detail, n.resource_type) for n in rec.notes] == [
+        ("unreadable", "egfr", "effectiveDateTime", "Observation")
+    ]
+
+
+def test_single_object_where_r4_wants_a_list_is_coerced() -> None:
+    draft = medication(
+        status="draft",
+        category={"coding": [{"code": "outpatient"}]},
+        medicationCodeableConcept={
+            "coding": {"system": "http://www.whocc.no/atc", "code": "A02AB01"}
+        },
+    )
+    rec = record(patient(), draft)
+    assert rec.notes == ()
+    assert validation_problem(draft) is None
+    assert rec.medications == ()  # a draft at patient-view is not an active order
+    broken = medication(
+        dosageInstruction=[{"doseAndRate": "two"}],
+        medicationCodeableConcept={"coding": [{"system": RXNORM, "code": "612"}]},
+    )
+    assert validation_problem(broken) is not None
+    rec = record(patient(), broken)
+    assert rec.medications_in("aluminium-hydroxide") == []
+    assert [(n.kind, n.concept, n.detail) for n in rec.notes] == [
+        ("unreadable", "aluminium-hydroxide", "dosageInstruction")
+    ]
 
 
 def test_unrelated_invalid_resources_are_not_parsed() -> None:

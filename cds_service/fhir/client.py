@@ -110,11 +110,23 @@ class FhirFetcher:
                 self._client.close()
             self._client, self._pool = None, None
 
-    def fetch(self, base_url: str, token: str | None, queries: Mapping[str, str]) -> FetchResult:
-        """Run `queries` (key -> relative URL) against `base_url` concurrently."""
+    def deadline(self) -> float:
+        """The monotonic time by which a call's fetches must all be answered."""
+        return time.monotonic() + self.deadline_s
+
+    def fetch(
+        self,
+        base_url: str,
+        token: str | None,
+        queries: Mapping[str, str],
+        deadline: float | None = None,
+    ) -> FetchResult:
+        """Run `queries` (key -> URL relative to `base_url`, or an absolute URL below it, such
+        as a Bundle's next link) against `base_url` concurrently, all within `deadline` (by
+        default one deadline from now). A key's metrics label is the part before any "#"."""
         client, pool = self._open()
         started = time.monotonic()
-        deadline = started + self.deadline_s
+        deadline = deadline if deadline is not None else started + self.deadline_s
         base = base_url.rstrip("/") + "/"
         futures = {
             key: pool.submit(self._timed_query, client, base, token, query, deadline)
@@ -137,13 +149,14 @@ class FhirFetcher:
                 if answer.truncated:
                     result.truncated.append(key)
             if self.observer is not None:
-                self.observer(key, outcomes[key], answer.seconds)
+                self.observer(key.split("#")[0], outcomes[key], answer.seconds)
         for key, reason in result.failures.items():
+            label = key.split("#")[0]  # never an id: "medication#3", not the Medication id
             log.warning(
                 "FHIR fetch failed: key=%s reason=%s",
-                key,
+                label,
                 reason,
-                extra={"key": key, "outcome": outcomes[key]},
+                extra={"key": label, "outcome": outcomes[key]},
             )
         for key in result.truncated:
             log.warning(
@@ -165,7 +178,9 @@ class FhirFetcher:
         self, client: httpx.Client, base: str, token: str | None, query: str, deadline: float
     ) -> tuple[list[dict[str, Any]], bool]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        url: str | None = base + query.lstrip("/")
+        if query.startswith(("http://", "https://")) and not query.startswith(base):
+            raise FetchError("a next link points outside the FHIR server")
+        url: str | None = query if query.startswith(base) else base + query.lstrip("/")
         resources: list[dict[str, Any]] = []
         for _page in range(self.page_limit):
             assert url is not None
@@ -185,7 +200,7 @@ class FhirFetcher:
                     "OperationOutcome",
                 ):
                     resources.append(resource)
-            url = _next_link(body)
+            url = next_link(body)
             if url is None:
                 return resources, False
             if not url.startswith(base):
@@ -220,8 +235,10 @@ class FhirFetcher:
         return body
 
 
-def _next_link(bundle: Mapping[str, Any]) -> str | None:
-    for link in bundle.get("link") or ():
+def next_link(bundle: Mapping[str, Any]) -> str | None:
+    """The URL of a Bundle's `next` link, if it has one."""
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else ():
         if isinstance(link, Mapping) and link.get("relation") == "next":
             url = link.get("url")
             return url if isinstance(url, str) and url else None

@@ -10,6 +10,12 @@ OUTCOME and MISSING keys are fetched from ``fhirServer`` (the same template, ren
 hook context), with ``fhirAuthorization.access_token`` as bearer token, provided that server is
 one this service is configured to query. A key that can be neither read nor fetched makes the
 call fail with 412 naming the keys, as the spec requires.
+
+Then, within the same deadline, what the prefetch points to but does not hold: the pages behind
+a prefetched searchset's ``next`` link, and the Medications that orders reference but that are
+neither contained nor included (``_include=MedicationRequest:medication``), fetched by id. What
+cannot be fetched does not fail the call: an order then falls back on its reference's display
+text, and a search with pages left unread becomes an "incomplete" note shown on the cards.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ from enum import Enum
 from typing import Any
 
 from cds_service.errors import InputError, PrefetchUnavailable
-from cds_service.fhir.client import FhirFetcher
-from cds_service.fhir.record import Located
+from cds_service.fhir.client import FhirFetcher, next_link
+from cds_service.fhir.record import NOT_ALLOWED, DataNote, Located, medication_reference
 
 _TOKEN = re.compile(r"\{\{\s*context\.([A-Za-z][A-Za-z0-9]*)\s*\}\}")
 
@@ -36,13 +42,18 @@ class KeyStatus(Enum):
     FETCHED = "fetched"
 
 
+# At most this many referenced Medications are fetched for one call (one query each).
+MAX_MEDICATION_FETCHES = 40
+
+
 @dataclass(frozen=True)
 class Prefetched:
-    """Resources usable by the record builder, and how each key was satisfied."""
+    """Resources usable by the record builder, how each key was satisfied, and notes about
+    searches whose pages could not all be read."""
 
     resources: tuple[Located, ...]
     status: Mapping[str, KeyStatus]
-    truncated: tuple[str, ...] = ()
+    notes: tuple[DataNote, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,8 @@ def resolve(
     prefetch = request.get("prefetch") or {}
     resources: list[Located] = []
     status: dict[str, KeyStatus] = {}
+    pages: dict[str, str] = {}  # key -> the next link of its prefetched searchset
+    deadline = policy.fetcher.deadline() if policy.fetcher is not None else None
     for key in templates:
         path = f"prefetch.{key}"
         if key not in prefetch:
@@ -121,21 +134,107 @@ def resolve(
             found = list(_entries(value, path))
             status[key] = KeyStatus.PRESENT if found else KeyStatus.EMPTY
             resources.extend(found)
+            if (link := next_link(value)) is not None:
+                pages[key] = link
         else:
             status[key] = KeyStatus.PRESENT
             resources.append(Located(path, value))
     missing = [k for k, s in status.items() if s in (KeyStatus.MISSING, KeyStatus.OUTCOME)]
-    truncated: tuple[str, ...] = ()
+    notes: list[DataNote] = []
     if missing:
-        fetched, truncated = _fetch(missing, templates, request, policy)
+        fetched, truncated = _fetch(missing, templates, request, policy, deadline)
         for key, found in fetched.items():
             status[key] = KeyStatus.FETCHED
             resources.extend(found)
-    return Prefetched(tuple(resources), status, truncated)
+        notes += [_incomplete(key, "page limit reached") for key in truncated]
+    notes += _follow_up(pages, resources, request, policy, deadline)
+    return Prefetched(tuple(resources), status, tuple(notes))
+
+
+def _incomplete(key: str, reason: str = "") -> DataNote:
+    return DataNote(kind="incomplete", concept="", ref="", detail=key, reason=reason)
+
+
+def _unresolved_medications(
+    resources: list[Located], request: Mapping[str, Any], tried: set[str]
+) -> list[str]:
+    """`Medication/{id}` references of the orders (prefetched and draft) that no Medication of
+    the data answers, and that were not already asked for."""
+    held = {
+        f"Medication/{r.resource['id']}"
+        for r in resources
+        if r.resource.get("resourceType") == "Medication" and isinstance(r.resource.get("id"), str)
+    }
+    context = request.get("context")
+    drafts = context.get("draftOrders") if isinstance(context, Mapping) else None
+    entries = drafts.get("entry") if isinstance(drafts, Mapping) else None
+    orders = [r.resource for r in resources] + [
+        e["resource"]
+        for e in (entries if isinstance(entries, list) else ())
+        if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)
+    ]
+    wanted: dict[str, None] = {}
+    for order in orders:
+        if order.get("resourceType") != "MedicationRequest":
+            continue
+        ref = medication_reference(order)
+        if ref is not None and ref not in held and ref not in tried:
+            wanted[ref] = None
+    return list(wanted)[:MAX_MEDICATION_FETCHES]
+
+
+def _follow_up(
+    pages: dict[str, str],
+    resources: list[Located],
+    request: Mapping[str, Any],
+    policy: FetchPolicy,
+    deadline: float | None,
+) -> list[DataNote]:
+    """Fetch the next pages of prefetched searches and the referenced Medications (adding
+    them to `resources`); return notes for the searches left incomplete."""
+    server = request.get("fhirServer")
+    usable = isinstance(server, str) and policy.fetcher is not None and policy.permits(server)
+    tried: set[str] = set()
+    notes: list[DataNote] = []
+    for _round in range(2):  # pages and Medications, then the Medications the pages named
+        references = _unresolved_medications(resources, request, tried)
+        if not pages and not references:
+            break
+        if not usable or policy.fetcher is None or not isinstance(server, str):
+            reason = "" if not isinstance(server, str) else NOT_ALLOWED
+            notes += [_incomplete(key, reason) for key in pages]
+            break
+        tried.update(references)
+        queries = {f"{key}#next": url for key, url in pages.items()}
+        queries |= {f"medication#{i}": ref for i, ref in enumerate(references)}
+        result = policy.fetcher.fetch(server, _token(request), queries, deadline)
+        for name, found in result.resources.items():
+            resources.extend(
+                Located(f"fetched.{name}.entry[{i}].resource", resource)
+                for i, resource in enumerate(found)
+            )
+        notes += [_incomplete(n.split("#")[0], "page limit reached") for n in result.truncated]
+        notes += [
+            _incomplete(name.split("#")[0], reason)
+            for name, reason in result.failures.items()
+            if name.endswith("#next")  # an unfetched Medication falls back on its display
+        ]
+        pages = {}
+    return notes
+
+
+def _token(request: Mapping[str, Any]) -> str | None:
+    auth = request.get("fhirAuthorization") or {}
+    token = auth.get("access_token") if isinstance(auth, Mapping) else None
+    return token if isinstance(token, str) else None
 
 
 def _fetch(
-    keys: list[str], templates: Mapping[str, str], request: Mapping[str, Any], policy: FetchPolicy
+    keys: list[str],
+    templates: Mapping[str, str],
+    request: Mapping[str, Any],
+    policy: FetchPolicy,
+    deadline: float | None,
 ) -> tuple[dict[str, list[Located]], tuple[str, ...]]:
     server = request.get("fhirServer")
     if not isinstance(server, str):
@@ -153,9 +252,7 @@ def _fetch(
         )
     context = request.get("context") or {}
     queries = {key: render_template(templates[key], context) for key in keys}
-    auth = request.get("fhirAuthorization") or {}
-    token = auth.get("access_token") if isinstance(auth, Mapping) else None
-    result = policy.fetcher.fetch(server, token if isinstance(token, str) else None, queries)
+    result = policy.fetcher.fetch(server, _token(request), queries, deadline)
     if result.failures:
         details = ", ".join(f"{k} ({reason})" for k, reason in result.failures.items())
         raise PrefetchUnavailable(

@@ -18,6 +18,7 @@ Rules honoured here (issue 2):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -27,12 +28,15 @@ from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.procedure import Procedure
 from pydantic import ValidationError
 
 from cds_service.errors import InputError
 from cds_service.fhir import units
 from cds_service.knowledge import renal
 from cds_service.terminology import Match, Terminology, normalise_text
+
+log = logging.getLogger(__name__)
 
 INACTIVE_CLINICAL = frozenset({"inactive", "remission", "resolved"})
 EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
@@ -45,6 +49,7 @@ MODELS = {
     "Condition": Condition,
     "Observation": Observation,
     "MedicationRequest": MedicationRequest,
+    "Procedure": Procedure,
 }
 
 
@@ -59,14 +64,32 @@ class Located:
 @dataclass(frozen=True)
 class PatientInfo:
     id: str
-    birth_date: date | None = None
+    birth_date: date | None = None  # a full birth date only
     sex: str | None = None  # FHIR administrative gender
+    # A birthDate with year only or year-month: the earliest and latest possible birth dates.
+    birth_range: tuple[date, date] | None = None
+    deceased: bool = False  # deceasedBoolean true or a deceasedDateTime: no cards at all
 
     def age_on(self, day: date) -> int | None:
+        """The age on `day` when the birth date is known to the day, else None."""
         if self.birth_date is None:
             return None
-        b = self.birth_date
-        return day.year - b.year - ((day.month, day.day) < (b.month, b.day))
+        return _age(self.birth_date, day)
+
+    def age_range_on(self, day: date) -> tuple[int, int] | None:
+        """(youngest, oldest) possible age on `day`: equal for a full birth date, a range for
+        a year-only or year-month birthDate; None when nothing is known."""
+        if self.birth_date is not None:
+            age = _age(self.birth_date, day)
+            return age, age
+        if self.birth_range is None:
+            return None
+        earliest, latest = self.birth_range
+        return _age(latest, day), _age(earliest, day)
+
+
+def _age(birth: date, day: date) -> int:
+    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
 
 
 @dataclass(frozen=True)
@@ -79,6 +102,21 @@ class ConditionFact:
     verification_status: str | None
     since: date | None
     text: str = ""  # normalised code.text and notes (what the clinician wrote about it)
+    # The latest of onset and recordedDate: when the condition was last asserted (a coded CKD
+    # stage is weighed against a laboratory result by this date).
+    asserted: date | None = None
+
+
+@dataclass(frozen=True)
+class ProcedureFact:
+    """A procedure the renal status reads (a dialysis session, a kidney transplantation)."""
+
+    ref: str
+    valuesets: frozenset[str]
+    match: Match
+    display: str
+    status: str
+    performed: date
 
 
 @dataclass(frozen=True)
@@ -94,13 +132,21 @@ class LabResult:
     high: float | None = None  # upper reference limit, canonical unit, when the lab sent one
     flags: frozenset[str] = frozenset()  # interpretation codes (H, HH, POS...)
     focus: tuple[str, ...] = ()  # references in Observation.focus (e.g. the lesion's Condition)
+    # Quantity.comparator ("<", "<=", ">", ">="), or the one a valueString carried ("<15"):
+    # the true value is beyond `value` in that direction. Never dropped: cards show it.
+    comparator: str | None = None
 
     @property
     def above_range(self) -> bool:
-        """Flagged high by the lab, or above the upper limit it sent."""
-        return bool(self.flags & {"H", "HH", "HU"}) or (
-            self.high is not None and self.value > self.high
-        )
+        """Flagged high by the lab, or above the upper limit it sent ("<X" is above only when
+        the lab says so; ">X" is above when X is at or above the limit)."""
+        if self.flags & {"H", "HH", "HU"}:
+            return True
+        if self.high is None or self.comparator in ("<", "<="):
+            return False
+        if self.comparator in (">", ">="):
+            return self.value >= self.high
+        return self.value > self.high
 
 
 @dataclass(frozen=True)
@@ -137,11 +183,21 @@ class MedicationFact:
 class DataNote:
     """Data that was present but could not be interpreted (shown on cards, never guessed)."""
 
-    kind: str  # "unit-not-recognised"
-    concept: str
+    kind: str  # one of NOTE_KINDS
+    concept: str  # the value set it concerns ("" when none is known)
     ref: str
-    detail: str
+    detail: str  # the unit not recognised, the field that could not be read, the prefetch key
     when: datetime | None = None
+    resource_type: str = ""
+    reason: str = ""  # why a search is incomplete ("no fhirServer", "HTTP 500"...)
+
+
+# unit-not-recognised: a lab value in a unit that is not converted (not guessed);
+# unreadable: a resource the rules would read is not valid R4 even after coercion (left out);
+# unidentified-order: an order whose medication cannot be resolved nor named;
+# incomplete: a prefetched search had more pages that could not be fetched.
+NOTE_KINDS = ("unit-not-recognised", "unreadable", "unidentified-order", "incomplete")
+NOT_ALLOWED = "not-allowed"  # DataNote.reason: fhirServer is not one this service may query
 
 
 @dataclass(frozen=True)
@@ -226,6 +282,13 @@ _WARM_UP = (
         "dosageInstruction": [{"text": "warm-up"}],
         "contained": [{"resourceType": "Medication", "id": "m", "code": _CONCEPT}],
     },
+    {
+        "resourceType": "Procedure",
+        "status": "completed",
+        "subject": _SUBJECT,
+        "code": _CONCEPT,
+        "performedPeriod": {"start": "2020-01-01", "end": "2020-01-01"},
+    },
 )
 
 
@@ -255,9 +318,12 @@ def parse_datetime(value: Any) -> datetime | None:
 
 
 def items(value: Any) -> list[Any]:
-    """A FHIR array as sent, or empty when it is not an array (malformed input is then
-    reported by R4B validation of the resources the rules read, never a crash)."""
-    return value if isinstance(value, list) else []
+    """A FHIR array as sent; a single object where R4 wants an array (as some clients send,
+    e.g. the CDS Hooks Sandbox's MedicationRequest.category) as a one-item array; otherwise
+    empty (malformed input is then reported by validation, never a crash)."""
+    if isinstance(value, list):
+        return value
+    return [value] if isinstance(value, Mapping) else []
 
 
 def _text_or_none(value: Any) -> str | None:
@@ -292,18 +358,87 @@ def _ref(resource: Mapping[str, Any]) -> str:
     return f"{resource.get('resourceType')}/{rid}" if isinstance(rid, str) else "(no id)"
 
 
-def _validate(item: Located) -> None:
-    """Validate one raw resource with its R4B model; raise InputError naming the field."""
-    model = MODELS[item.resource["resourceType"]]
-    try:
-        model.model_validate(item.resource)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
-        raise InputError(
-            f"invalid FHIR R4 {item.resource['resourceType']}: {err['msg']}",
-            path=f"{item.path}{loc}",
-        ) from None
+def _first_error(exc: ValidationError) -> tuple[str, tuple[Any, ...]]:
+    err = exc.errors()[0]
+    return err["msg"], tuple(err["loc"])
+
+
+def _wrap_in_list(resource: Any, loc: tuple[Any, ...]) -> Any:
+    """A copy of `resource` with the value at `loc` wrapped in a one-item array."""
+    if not loc:
+        return [resource]
+    head, rest = loc[0], loc[1:]
+    if isinstance(resource, Mapping) and isinstance(head, str) and head in resource:
+        return {**resource, head: _wrap_in_list(resource[head], rest)}
+    if isinstance(resource, list) and isinstance(head, int) and 0 <= head < len(resource):
+        copy = list(resource)
+        copy[head] = _wrap_in_list(resource[head], rest)
+        return copy
+    return resource
+
+
+# How many deviations a resource may need coerced before it counts as unreadable.
+MAX_COERCIONS = 8
+
+
+def validation_problem(resource: Mapping[str, Any]) -> tuple[str, str] | None:
+    """None when `resource` is valid R4 once the deviations real clients send are coerced (a
+    single object or value where R4 wants an array); else (field path, message) of the first
+    problem that coercion cannot fix. Coercion only decides readability: the raw JSON is read
+    through `items()`, which applies the same leniency."""
+    model = MODELS[resource["resourceType"]]
+    data: Any = resource
+    first: tuple[str, tuple[Any, ...]] | None = None
+    for _ in range(MAX_COERCIONS):
+        try:
+            model.model_validate(data)
+        except ValidationError as exc:
+            errors = exc.errors()
+            if first is None:
+                first = _first_error(exc)
+            wrappable = [
+                e for e in errors if e["type"] == "list_type" and not isinstance(e["input"], list)
+            ]
+            if not wrappable:
+                msg, loc = _first_error(exc)
+                return _loc_path(loc), msg
+            for err in wrappable:
+                data = _wrap_in_list(data, tuple(err["loc"]))
+            continue
+        return None
+    assert first is not None
+    return _loc_path(first[1]), first[0]
+
+
+def _loc_path(loc: tuple[Any, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _readable(item: Located, notes: list[DataNote], concept: str = "") -> bool:
+    """Whether a resource the rules would read is valid R4 (after coercion). One that is not
+    is left out of the reasoning and reported as a note (shown on a card); the log names its
+    type and field path, never a value."""
+    problem = validation_problem(item.resource)
+    if problem is None:
+        return True
+    field_path, _message = problem
+    kind = str(item.resource.get("resourceType"))
+    log.warning(
+        "left out an unreadable FHIR resource: type=%s field=%s",
+        kind,
+        field_path,
+        extra={"resource_type": kind, "field": field_path},
+    )
+    notes.append(
+        DataNote(
+            kind="unreadable",
+            concept=concept,
+            ref=_ref(item.resource),
+            detail=field_path.split(".")[0].split("[")[0],
+            resource_type=kind,
+        )
+    )
+    return False
 
 
 def _check_subject(item: Located, patient: str) -> None:
@@ -329,40 +464,48 @@ def build_record(
     terminology: Terminology,
     now: datetime,
     drafts: Iterable[Located] | None = None,
+    notes: Iterable[DataNote] = (),
 ) -> PatientRecord:
     """Screen, validate and normalise the resources of one patient, and the draft orders under
-    review when there are (order hooks)."""
+    review when there are (order hooks); `notes` are what prefetch resolution already knows
+    was not read (searches left incomplete)."""
     patient = PatientInfo(id=patient_id)
     conditions: list[ConditionFact] = []
     observations: dict[str, list[tuple[datetime, Located, Match]]] = {}
     medications: list[MedicationFact] = []
-    notes: list[DataNote] = []
+    notes = list(notes)
     medication_index: dict[str, Mapping[str, Any]] = {}
     med_requests: list[Located] = []
     subject = f"Patient/{patient_id}"
     codes: dict[tuple[Any, ...], list[Match]] = {}  # Observation.code lookups
+    procedures: list[ProcedureFact] = []  # dialysis sessions, kidney transplantations
 
     for item in resources:
         res = item.resource
         kind = res.get("resourceType")
         if kind == "Patient":
-            patient = _patient(item, patient_id)
+            patient = _patient(item, patient_id, notes)
         elif kind == "Medication" and isinstance(res.get("id"), str):
             medication_index[f"Medication/{res['id']}"] = res
         elif kind == "Condition":
             _check_subject(item, subject)
-            fact = _condition(item, terminology)
+            fact = _condition(item, terminology, notes)
             if fact is not None:
                 conditions.append(fact)
         elif kind == "Observation":
             _check_subject(item, subject)
-            _screen_observation(item, terminology, observations, codes)
+            _screen_observation(item, terminology, observations, codes, notes)
         elif kind == "MedicationRequest":
             _check_subject(item, subject)
             med_requests.append(item)
+        elif kind == "Procedure":
+            _check_subject(item, subject)
+            procedure = _procedure(item, terminology, notes)
+            if procedure is not None:
+                procedures.append(procedure)
 
     for item in med_requests:
-        fact = _medication(item, terminology, medication_index, draft=False)
+        fact = _medication(item, terminology, medication_index, notes, draft=False)
         if fact is not None:
             medications.append(fact)
     draft_facts: list[MedicationFact] | None = None
@@ -372,7 +515,7 @@ def build_record(
             if item.resource.get("resourceType") != "MedicationRequest":
                 continue  # other draft orders (ServiceRequest...) are not checked yet
             _check_subject(item, subject)
-            fact = _medication(item, terminology, medication_index, draft=True)
+            fact = _medication(item, terminology, medication_index, notes, draft=True)
             if fact is not None:
                 draft_facts.append(fact)
 
@@ -387,12 +530,14 @@ def build_record(
                     labs[concept] = result
                     break
             else:
-                coded = _coded_result(concept, when, item, match, terminology)
+                coded = _coded_result(concept, when, item, match, terminology, notes)
                 if coded is not None:
                     results[concept] = coded
                     break
 
-    status = renal.assess(patient, labs.get("egfr"), labs.get("creatinine"), conditions, now)
+    status = renal.assess(
+        patient, labs.get("egfr"), labs.get("creatinine"), conditions, now, procedures
+    )
     return PatientRecord(
         patient=patient,
         now=now,
@@ -406,31 +551,57 @@ def build_record(
     )
 
 
-def _patient(item: Located, patient_id: str) -> PatientInfo:
+def _patient(item: Located, patient_id: str, notes: list[DataNote]) -> PatientInfo:
     res = item.resource
     if isinstance(res.get("id"), str) and res["id"] != patient_id:
         raise InputError("Patient.id does not match context.patientId", path=f"{item.path}.id")
-    _validate(item)
+    if not _readable(item, notes):
+        return PatientInfo(id=patient_id)
     birth = parse_datetime(res.get("birthDate"))
     gender = res.get("gender")
+    exact = birth is not None and len(res["birthDate"]) >= 10
     return PatientInfo(
         id=patient_id,
-        birth_date=birth.date() if birth and len(res["birthDate"]) >= 10 else None,
+        birth_date=birth.date() if birth and exact else None,
         sex=gender if isinstance(gender, str) else None,
+        birth_range=_birth_range(res["birthDate"]) if birth and not exact else None,
+        deceased=res.get("deceasedBoolean") is True or isinstance(res.get("deceasedDateTime"), str),
     )
 
 
-def _condition(item: Located, terminology: Terminology) -> ConditionFact | None:
+def _birth_range(partial: str) -> tuple[date, date] | None:
+    """The earliest and latest birth dates a year-only ("1960") or year-month ("1960-06")
+    birthDate allows."""
+    year = int(partial[:4])
+    if len(partial) == 4:
+        return date(year, 1, 1), date(year, 12, 31)
+    month = int(partial[5:7])
+    following = date(year + month // 12, month % 12 + 1, 1)
+    return date(year, month, 1), date.fromordinal(following.toordinal() - 1)
+
+
+def _condition(
+    item: Located, terminology: Terminology, notes: list[DataNote]
+) -> ConditionFact | None:
     res = item.resource
-    matches = terminology.match(res.get("code"), "Condition")
+    matches = terminology.match(res.get("code"), "Condition") or _whole_text_match(res.get("code"))
     if not matches:
         return None
-    clinical = _status_code(res.get("clinicalStatus")) or "active"
+    clinical = _status_code(res.get("clinicalStatus")) or ("inactive" if _abated(res) else "active")
     verification = _status_code(res.get("verificationStatus"))
-    if clinical in INACTIVE_CLINICAL or verification in EXCLUDED_VERIFICATION:
+    if verification in EXCLUDED_VERIFICATION:
         return None
-    _validate(item)
-    since = parse_datetime(res.get("onsetDateTime")) or parse_datetime(res.get("recordedDate"))
+    if clinical in INACTIVE_CLINICAL:
+        # A chronic disease stays context when quiescent (see CHRONIC_COUNTS).
+        matches = [m for m in matches if clinical in CHRONIC_COUNTS.get(m.valueset, ())]
+        if not matches:
+            return None
+    if not _readable(item, notes, matches[0].valueset):
+        return None
+    onset = parse_datetime(res.get("onsetDateTime"))
+    recorded = parse_datetime(res.get("recordedDate"))
+    since = onset or recorded
+    dates = [d.date() for d in (onset, recorded) if d is not None]
     code = res.get("code")
     written = [code.get("text")] if isinstance(code, Mapping) else []
     written += [n.get("text") for n in items(res.get("note")) if isinstance(n, Mapping)]
@@ -443,7 +614,86 @@ def _condition(item: Located, terminology: Terminology) -> ConditionFact | None:
         verification_status=verification,
         since=since.date() if since else None,
         text=normalise_text(" ".join(t for t in written if isinstance(t, str))),
+        asserted=max(dates) if dates else None,
     )
+
+
+# Words that name a condition only when they are the whole text of the concept: "CREST" alone
+# is the CREST syndrome (limited cutaneous SSc), while "iliac crest pain" is not.
+WHOLE_TEXT = {"crest": "systemic-sclerosis"}
+
+
+def _whole_text_match(concept: Any) -> list[Match]:
+    if not isinstance(concept, Mapping):
+        return []
+    texts = [concept.get("text")] + [
+        c.get("display") for c in items(concept.get("coding")) if isinstance(c, Mapping)
+    ]
+    for text in texts:
+        if isinstance(text, str) and normalise_text(text) in WHOLE_TEXT:
+            return [Match(WHOLE_TEXT[normalise_text(text)], "text")]
+    return []
+
+
+ABATEMENT = (
+    "abatementDateTime",
+    "abatementAge",
+    "abatementPeriod",
+    "abatementRange",
+    "abatementString",
+)
+
+
+def _abated(res: Mapping[str, Any]) -> bool:
+    """An abatement[x] is recorded (without a clinicalStatus, the condition is then inactive:
+    FHIR R4 invariant con-4 allows only inactive, remission or resolved with an abatement)."""
+    return any(res.get(key) not in (None, "", {}) for key in ABATEMENT)
+
+
+# Value sets of chronic diseases and the inactive clinical statuses under which they still
+# count. Systemic sclerosis does not resolve: "remission" and "inactive" (quiescent disease,
+# or an abatement recorded without a status) still make the SSc context of calcinosis; an
+# explicit "resolved" is respected. Calcinosis "in remission" keeps counting (deposits persist
+# and recur; seeds 001/003), a "resolved" or "inactive" calcinosis does not.
+CHRONIC_COUNTS: Mapping[str, tuple[str, ...]] = {
+    "systemic-sclerosis": ("remission", "inactive"),
+    "calcinosis": ("remission",),
+}
+
+
+def _procedure(
+    item: Located, terminology: Terminology, notes: list[DataNote]
+) -> ProcedureFact | None:
+    """A Procedure of a value set the renal status reads, when it took place (status not
+    entered-in-error / not-done / preparation) and has a performed date."""
+    res = item.resource
+    status = _text_or_none(res.get("status"))
+    if status in EXCLUDED_PROCEDURE:
+        return None
+    matches = terminology.match(res.get("code"), "Procedure")
+    if not matches:
+        return None
+    period = res.get("performedPeriod")
+    performed = parse_datetime(res.get("performedDateTime")) or (
+        (parse_datetime(period.get("end")) or parse_datetime(period.get("start")))
+        if isinstance(period, Mapping)
+        else None
+    )
+    if performed is None:
+        return None  # an undated procedure says nothing about the current renal status
+    if not _readable(item, notes, matches[0].valueset):
+        return None
+    return ProcedureFact(
+        ref=_ref(res),
+        valuesets=frozenset(m.valueset for m in matches),
+        match=matches[0],
+        display=_display(res.get("code"), matches[0]),
+        status=status or "unknown",
+        performed=performed.date(),
+    )
+
+
+EXCLUDED_PROCEDURE = frozenset({"entered-in-error", "not-done", "preparation"})
 
 
 def _observation_time(res: Mapping[str, Any]) -> datetime | None:
@@ -486,6 +736,7 @@ def _screen_observation(
     terminology: Terminology,
     observations: dict[str, list[tuple[datetime, Located, Match]]],
     seen: dict[tuple[Any, ...], list[Match]],
+    notes: list[DataNote],
 ) -> None:
     """Keep every counting observation of a concept the rules read, with its time."""
     res = item.resource
@@ -496,7 +747,7 @@ def _screen_observation(
         return
     when = _observation_time(res)
     if when is None:
-        _validate(item)  # a malformed date is reported; a missing one cannot be ordered
+        _readable(item, notes, matches[0].valueset)  # a malformed date is reported
         return
     for match in matches:
         observations.setdefault(match.valueset, []).append((when, item, match))
@@ -506,12 +757,13 @@ def _lab_result(
     concept: str, when: datetime, item: Located, match: Match, notes: list[DataNote]
 ) -> LabResult | None:
     res = item.resource
-    quantity = res.get("valueQuantity")
-    if not isinstance(quantity, Mapping) or quantity.get("value") is None:
+    read = _quantity(concept, res)
+    if read is None:
+        return None  # no value (dataAbsentReason, or text that is not a number): an older one
+    if not _readable(item, notes, concept):
         return None
-    _validate(item)
-    value = float(quantity["value"])
-    spellings = [u for u in (quantity.get("code"), quantity.get("unit")) if isinstance(u, str)]
+    comparator, sent, spellings = read
+    value = float(sent)
     canonical = units.to_canonical(concept, value, spellings)
     if canonical is None:
         notes.append(
@@ -540,7 +792,29 @@ def _lab_result(
             for f in items(res.get("focus"))
             if isinstance(f, Mapping) and isinstance(f.get("reference"), str)
         ),
+        comparator=comparator,
     )
+
+
+def _quantity(concept: str, res: Mapping[str, Any]) -> tuple[str | None, Any, list[str]] | None:
+    """(comparator, value, unit spellings) of a result sent as valueQuantity (its comparator
+    kept) or as valueString ("<15", "> 60 mL/min/1.73m2"). A text eGFR without a unit is read
+    in mL/min/1.73 m2, the only unit an eGFR is reported in; any other text value needs its
+    unit (never guessed)."""
+    quantity = res.get("valueQuantity")
+    if isinstance(quantity, Mapping) and quantity.get("value") is not None:
+        value = quantity["value"]  # a number once _readable() has passed
+        spellings = [u for u in (quantity.get("code"), quantity.get("unit")) if isinstance(u, str)]
+        comparator = quantity.get("comparator")
+        return (comparator if comparator in units.COMPARATORS else None), value, spellings
+    text = res.get("valueString")
+    parsed = units.parse_text_value(text) if isinstance(text, str) else None
+    if parsed is None:
+        return None
+    comparator, value, unit = parsed
+    if unit is None and concept == "egfr":
+        unit = "mL/min/1.73m2"
+    return comparator, value, [unit] if unit else []
 
 
 def _interpretation(res: Mapping[str, Any]) -> frozenset[str]:
@@ -572,10 +846,16 @@ def _upper_limit(concept: str, res: Mapping[str, Any], spellings: list[str]) -> 
 
 
 def _coded_result(
-    concept: str, when: datetime, item: Located, match: Match, terminology: Terminology
+    concept: str,
+    when: datetime,
+    item: Located,
+    match: Match,
+    terminology: Terminology,
+    notes: list[DataNote],
 ) -> CodedResult | None:
     res = item.resource
-    _validate(item)
+    if not _readable(item, notes, concept):
+        return None
     value = res.get("valueCodeableConcept")
     values: list[tuple[str, str]] = []
     texts: list[str] = []
@@ -626,6 +906,7 @@ def _medication(
     item: Located,
     terminology: Terminology,
     medication_index: Mapping[str, Mapping[str, Any]],
+    notes: list[DataNote],
     *,
     draft: bool,
 ) -> MedicationFact | None:
@@ -634,13 +915,33 @@ def _medication(
     if status not in (DRAFT_MEDICATION if draft else ACTIVE_MEDICATION):
         return None
     concept = res.get("medicationCodeableConcept")
+    medication: Mapping[str, Any] | None = None
     reference = res.get("medicationReference")
-    if concept is None and isinstance(reference, Mapping):
-        concept = _referenced_medication_code(res, reference, medication_index)
-    matches = terminology.match(concept, "MedicationRequest")
+    if not isinstance(concept, Mapping) and isinstance(reference, Mapping):
+        medication = referenced_medication(res, reference, medication_index)
+        if medication is None:
+            display = reference.get("display")
+            if isinstance(display, str) and display.strip():
+                concept = {"text": display}
+            else:
+                notes.append(
+                    DataNote(
+                        kind="unidentified-order",
+                        concept="",
+                        ref=_ref(res),
+                        detail="medicationReference",
+                        resource_type="MedicationRequest",
+                    )
+                )
+                return None
+        else:
+            code = medication.get("code")
+            concept = code if isinstance(code, Mapping) else None
+    matches = terminology.match_medication(concept, medication, res)
     if not matches:
         return None
-    _validate(item)
+    if not _readable(item, notes, matches[0].valueset):
+        return None
     authored = parse_datetime(res.get("authoredOn"))
     rid = res.get("id")
     return MedicationFact(
@@ -656,24 +957,33 @@ def _medication(
     )
 
 
-def _referenced_medication_code(
+def medication_reference(request: Mapping[str, Any]) -> str | None:
+    """The `Medication/{id}` a MedicationRequest points to, when it points outside itself
+    (not to a contained resource); None otherwise."""
+    reference = request.get("medicationReference")
+    ref = reference.get("reference") if isinstance(reference, Mapping) else None
+    if not isinstance(ref, str) or ref.startswith("#") or "Medication/" not in ref:
+        return None
+    tail = ref[ref.rfind("Medication/") :]
+    return tail.split("/_history/")[0]
+
+
+def referenced_medication(
     request: Mapping[str, Any],
     reference: Mapping[str, Any],
     medication_index: Mapping[str, Mapping[str, Any]],
 ) -> Mapping[str, Any] | None:
-    """The code of a Medication referenced by a MedicationRequest (contained or prefetched);
-    falls back on the reference's display text."""
+    """The Medication a MedicationRequest references: contained (`#id`), or among the
+    Medications of the prefetch (search `_include` entries) and those fetched by id."""
     ref = reference.get("reference")
-    medication: Mapping[str, Any] | None = None
     if isinstance(ref, str) and ref.startswith("#"):
         for contained in items(request.get("contained")):
-            if isinstance(contained, Mapping) and contained.get("id") == ref[1:]:
-                medication = contained
-    elif isinstance(ref, str):
-        medication = (
-            medication_index.get(ref[ref.find("Medication/") :]) if "Medication/" in ref else None
-        )
-    if medication is not None and isinstance(medication.get("code"), Mapping):
-        return medication["code"]
-    display = reference.get("display")
-    return {"text": display} if isinstance(display, str) else None
+            if (
+                isinstance(contained, Mapping)
+                and contained.get("resourceType") == "Medication"
+                and contained.get("id") == ref[1:]
+            ):
+                return contained
+        return None
+    key = medication_reference(request)
+    return medication_index.get(key) if key else None

@@ -1,12 +1,17 @@
 """Unit normalisation: a lab value in whatever unit the EHR sent -> the canonical unit.
 
 A unit that is not in the table is never guessed: `to_canonical` returns None and the caller
-records that the value could not be interpreted.
+records that the value could not be interpreted. A result sent as text ("<15", "> 60 mL/min")
+is read by `parse_text_value`, keeping its comparator.
 
 Factors (shared/clinical/README.md, "Unit factors"): creatinine 1 mg/dL = 88.4 umol/L;
 calcium 1 mmol/L = 4.008 mg/dL; phosphate 1 mmol/L = 3.097 mg/dL. From molar masses:
 25-hydroxyvitamin D 1 ng/mL = 2.496 nmol/L (400.6 g/mol); PTH(1-84) 1 pmol/L = 9.43 pg/mL
 (9425 g/mol). Mass units that differ only by scale (ng/L = pg/mL, ug/L = ng/mL) are equal.
+Checked 2026-12-01 against the adult normal values of PMC7276095 Table 1 (PTH 1.6-6.9 pmol/L =
+15-65 pg/mL, ratio 9.4; 25(OH)D 50-200 nmol/L = 20-80 ng/mL, ratio 2.5) and the 25-OH vitamin D
+molar mass 400.65 g/mol (labtests.co.in unit converter). Calcium 1 mEq/L = 0.5 mmol/L (Ca2+ is
+divalent). Creatinine mg/L (French and Swiss reports) = mg/dL / 10.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ _CALCIUM = {
     "mg/dl": 1.0,
     "mmol/l": CALCIUM_MG_DL_PER_MMOL_L,
     "mg/l": 0.1,
+    "meq/l": CALCIUM_MG_DL_PER_MMOL_L / 2,  # Ca2+ is divalent: 1 mEq/L = 0.5 mmol/L
 }
 
 CANONICAL: dict[str, CanonicalUnit] = {
@@ -42,6 +48,7 @@ CANONICAL: dict[str, CanonicalUnit] = {
             "umol/l": 1 / CREATININE_UMOL_PER_MG_DL,
             "micromol/l": 1 / CREATININE_UMOL_PER_MG_DL,
             "mmol/l": 1000 / CREATININE_UMOL_PER_MG_DL,
+            "mg/l": 0.1,  # French and Swiss laboratories
         },
         decimals=2,
     ),
@@ -52,6 +59,9 @@ CANONICAL: dict[str, CanonicalUnit] = {
             "ml/min/1.73sqm": 1.0,
             "ml/min/1.73sq.m": 1.0,
             "ml/min/1.73msq": 1.0,
+            "ml/mn/1.73m2": 1.0,  # French reports write minutes "mn"
+            "ml/minper1.73m2": 1.0,
+            "ml/min/1.73m.2": 1.0,
         },
         decimals=0,
     ),
@@ -106,3 +116,49 @@ def canonical_label(concept: str) -> str:
 
 def decimals(concept: str) -> int:
     return CANONICAL[concept].decimals
+
+
+# --------------------------------------------------------------------------- text values
+
+# A comparator as FHIR Quantity.comparator codes it, from the spellings reports use.
+_COMPARATORS = {
+    "<": "<",
+    "<=": "<=",
+    "=<": "<=",
+    "≤": "<=",
+    ">": ">",
+    ">=": ">=",
+    "=>": ">=",
+    "≥": ">=",
+    "less than": "<",
+    "greater than": ">",
+    "more than": ">",
+    "above": ">",
+    "below": "<",
+    "inferieur a": "<",
+    "inférieur à": "<",
+    "superieur a": ">",
+    "supérieur à": ">",
+    "plus de": ">",
+    "moins de": "<",
+}
+COMPARATORS = frozenset({"<", "<=", ">", ">="})
+_VALUE = re.compile(
+    r"^\s*(?P<cmp>"
+    + "|".join(re.escape(c) for c in sorted(_COMPARATORS, key=len, reverse=True))
+    + r")?\s*(?P<num>[0-9]+(?:[.,][0-9]+)?)\s*(?P<unit>[a-zµμ%{\[].*?)?\s*$",
+    re.IGNORECASE,
+)
+
+
+def parse_text_value(text: str) -> tuple[str | None, float, str | None] | None:
+    """A result written as text ("<15", "> 60 mL/min/1.73m2", ">=90", "inférieur à 15"):
+    (comparator or None, number, unit or None); None when the text is not one number."""
+    match = _VALUE.match(text)
+    if match is None:
+        return None
+    cmp = match.group("cmp")
+    comparator = _COMPARATORS[cmp.lower()] if cmp else None
+    value = float(match.group("num").replace(",", "."))
+    unit = match.group("unit")
+    return comparator, value, unit.strip() if unit else None

@@ -106,7 +106,7 @@ class KnowledgeChecks:
     def cards(self) -> str:
         library = self.library
         declared = set(library.cards)
-        wanted = set(rules.RULES) | {rules.CHECK_FAILED}
+        wanted = set(rules.RULES) | set(rules.SERVICE_CARDS)
         problems = [
             f"rule {r}: no card file in {self.settings.cards_dir}"
             for r in sorted(wanted - declared)
@@ -121,7 +121,7 @@ class KnowledgeChecks:
     def citations(self) -> str:
         problems = []
         for rule_id, content in sorted(self.library.cards.items()):
-            if rule_id == rules.CHECK_FAILED:
+            if rule_id in rules.SERVICE_CARDS:
                 continue
             data = content.data
             cited = " ".join(str(ref.get("en", "")) for ref in data.get("references", [])) + str(

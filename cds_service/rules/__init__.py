@@ -21,6 +21,7 @@ from cds_service.rules import (
     calcinosis_workup,
 )
 from cds_service.rules.base import Finding
+from cds_service.rules.data_notes import DATA_NOT_READ
 from cds_service.rules.treatment_safety import table_rules
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ RULES: dict[str, Rule] = {
 
 # The card shown when a check could not run (cards/check-failed.yaml); not a clinical rule.
 CHECK_FAILED = "check-failed"
+# Cards the service itself issues about the checks, not clinical rules.
+SERVICE_CARDS = (CHECK_FAILED, DATA_NOT_READ)
 
 
 def run(rule_ids: Iterable[str], record: PatientRecord) -> list[Finding]:
@@ -58,4 +61,4 @@ def run(rule_ids: Iterable[str], record: PatientRecord) -> list[Finding]:
     return findings
 
 
-__all__ = ["CHECK_FAILED", "RULES", "Finding", "run"]
+__all__ = ["CHECK_FAILED", "DATA_NOT_READ", "RULES", "SERVICE_CARDS", "Finding", "run"]

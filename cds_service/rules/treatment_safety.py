@@ -16,12 +16,25 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cds_service.fhir.record import MedicationFact, PatientRecord
+from cds_service.fhir.record import DataNote, MedicationFact, PatientRecord
 from cds_service.knowledge.renal import RenalStatus
 from cds_service.knowledge.safety import CODED_STAGE_BOUND, Row, SafetyRule, load_table
 from cds_service.rules.base import Finding
 
 # --------------------------------------------------------------------------- criteria
+
+# The value sets the renal status is read from (labs and coded conditions).
+RENAL_CONCEPTS = frozenset(
+    {
+        "egfr",
+        "creatinine",
+        "dialysis",
+        "ckd-stage-3",
+        "ckd-stage-4",
+        "ckd-stage-5",
+        "renal-insufficiency-unstaged",
+    }
+)
 
 
 def renal_bound(renal: RenalStatus) -> float | None:
@@ -32,13 +45,23 @@ def renal_bound(renal: RenalStatus) -> float | None:
     if renal.source == "coded":
         return CODED_STAGE_BOUND[renal.category]
     if renal.source in ("measured", "computed"):
-        return renal.egfr
+        return renal.rule_egfr  # "<15" is just below 15, ">60" just above 60
     return None
+
+
+def renal_notes(record: PatientRecord) -> list[DataNote]:
+    """Notes about renal data that could not be used (a unit not recognised, an unreadable
+    eGFR): part of the renal evidence, so the card says what it could not read."""
+    return [n for n in record.notes if n.concept in RENAL_CONCEPTS]
 
 
 def _renal_evidence(record: PatientRecord) -> list[Any]:
     renal = record.renal
-    return [renal, *[e for e in (renal.condition, renal.lab) if e is not None], *record.notes]
+    return [
+        renal,
+        *[e for e in (renal.condition, renal.lab) if e is not None],
+        *renal_notes(record),
+    ]
 
 
 def holds(when: Mapping[str, Any], record: PatientRecord) -> tuple[bool, list[Any]]:
@@ -63,7 +86,7 @@ def _one(key: str, value: Any, record: PatientRecord) -> tuple[bool, list[Any]]:
         ok = renal.source in ("measured", "computed") and renal.stale
         return ok, _renal_evidence(record) if ok else []
     if key == "renal_unknown":
-        return (not renal.known), ([renal, *record.notes] if not renal.known else [])
+        return (not renal.known), ([renal, *renal_notes(record)] if not renal.known else [])
     if key == "condition":
         found = [c for vs in value for c in record.conditions_in(vs)]
         return bool(found), found

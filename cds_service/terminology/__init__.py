@@ -5,9 +5,11 @@ with and where it was verified, plus optional free-text phrases (French and Engl
 when a resource carries no recognised code. Rules and the record builder never hold raw codes:
 they ask "which value sets does this CodeableConcept belong to?".
 
-Code systems are matched by their canonical FHIR URI. ICD-10 codes are compared without the dot
-and upper-cased (``M34.1`` == ``M341``); an entry marked ``descendants: true`` also matches every
-code below it in the ICD hierarchy (``M34`` matches ``M34.81``).
+Code systems are matched by their canonical FHIR URI; other spellings EHRs send (OIDs, French
+CIM-10 URIs, SNOMED CT version URIs, http/https...) are mapped to it first (systems.py).
+ICD-10 codes are compared without the dot and upper-cased (``M34.1`` == ``M341``); an entry
+marked ``descendants: true`` also matches every code below it in the ICD hierarchy (``M34``
+matches ``M34.81``).
 """
 
 from __future__ import annotations
@@ -22,16 +24,13 @@ from typing import Any
 
 import yaml
 
+from cds_service.terminology import systems
+from cds_service.terminology.systems import ATC, ICD10, ICD10CM, LOINC, RXNORM, SNOMED
+
 VALUESET_DIR = Path(__file__).resolve().parent / "valuesets"
 # libyaml's loader when the platform has it (several times faster), else the pure-Python one.
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-SNOMED = "http://snomed.info/sct"
-LOINC = "http://loinc.org"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-ATC = "http://www.whocc.no/atc"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-ICD10 = "http://hl7.org/fhir/sid/icd-10"
 UCUM = "http://unitsofmeasure.org"
 V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
@@ -47,7 +46,9 @@ SYSTEM_LABELS = {
         "HL7 v3 ObservationInterpretation"
     ),
 }
-RESOURCE_TYPES = frozenset({"Condition", "Observation", "MedicationRequest", "ServiceRequest"})
+RESOURCE_TYPES = frozenset(
+    {"Condition", "Observation", "MedicationRequest", "ServiceRequest", "Procedure"}
+)
 
 
 class TerminologyError(ValueError):
@@ -65,9 +66,11 @@ def normalise_text(text: str) -> str:
 
 
 def normalise_code(system: str, code: str) -> str:
-    code = code.strip()
+    """A code as the index holds it: without a ``|term|`` suffix or spaces; ICD-10 codes
+    upper-cased and without the dot (``m34.1`` -> ``M341``). `system` is canonical."""
+    code = systems.bare_code(code)
     if system in ICD_SYSTEMS:
-        return code.replace(".", "").upper()
+        return code.replace(".", "").replace(" ", "").upper()
     return code
 
 
@@ -90,6 +93,13 @@ class ValueSet:
     description: str
     concepts: tuple[Concept, ...]
     phrases: tuple[str, ...]
+    # Drug value sets only: "systemic" when the rules reading the set are about systemic
+    # exposure; a product recognised by name, brand or ingredient in a local form (eye drops,
+    # cream, shampoo, vaccine...: products/forms.yaml) is then not a member (medicines.py).
+    # `systemic_forms` / `local_forms`: words of products/forms.yaml read the other way for it.
+    exposure: str = "any"
+    systemic_forms: tuple[str, ...] = ()
+    local_forms: tuple[str, ...] = ()
 
     def first(self, system: str) -> Concept | None:
         """The first concept of this value set in `system` (used to code suggested orders)."""
@@ -105,6 +115,17 @@ class Match:
     system: str | None = None
     code: str | None = None
     display: str | None = None
+    # Medicines only (see medicines.py): how the product was recognised ("product code",
+    # "ingredient code", "medication code", "ingredient", "name", "brand"), the product's name
+    # as sent, the ingredients it holds (lexicon keys, English), those of them that put it in
+    # this value set, a caveat on its composition ((lang, text) pairs) and, for a product
+    # recognised by a code sent without a name, the name the lexicon knows it by.
+    how: str | None = None
+    product: str | None = None
+    ingredients: tuple[str, ...] = ()
+    salts: tuple[str, ...] = ()
+    note: tuple[tuple[str, str], ...] = ()
+    known_as: str | None = None
 
     @property
     def label(self) -> str:
@@ -146,6 +167,15 @@ def _load_valueset(path: Path) -> ValueSet:
     phrases = tuple(normalise_text(p) for p in data.get("text") or [])
     if not concepts and not phrases:
         raise TerminologyError(f"{where}: a value set needs codes or text phrases")
+    exposure = data.get("exposure", "any")
+    if exposure not in ("any", "systemic"):
+        raise TerminologyError(f"{where}: exposure must be 'any' or 'systemic'")
+    forms = {}
+    for key in ("systemic_forms", "local_forms"):
+        words = data.get(key) or []
+        if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+            raise TerminologyError(f"{where}: {key} must be a list of words")
+        forms[key] = tuple(normalise_text(w) for w in words)
     return ValueSet(
         id=data["id"],
         title=data["title"],
@@ -153,12 +183,19 @@ def _load_valueset(path: Path) -> ValueSet:
         description=data["description"],
         concepts=tuple(concepts),
         phrases=phrases,
+        exposure=exposure,
+        **forms,
     )
 
 
 @cache
 def _load_terminology(directory: Path) -> Terminology:
-    return Terminology(_load_valueset(p) for p in sorted(directory.glob("*.yaml")))
+    terminology = Terminology(_load_valueset(p) for p in sorted(directory.glob("*.yaml")))
+    if directory == VALUESET_DIR:  # the product lexicon (products/) is checked at start-up too
+        from cds_service.terminology.products import load_lexicon
+
+        load_lexicon().check(terminology.valuesets)
+    return terminology
 
 
 class Terminology:
@@ -194,6 +231,20 @@ class Terminology:
         """The codes of a value set in one system (used to build prefetch queries)."""
         return [c.code for c in self.valuesets[valueset_id].concepts if c.system == system]
 
+    def match_medication(
+        self,
+        concept: Mapping[str, Any] | None,
+        medication: Mapping[str, Any] | None,
+        request: Mapping[str, Any] | None = None,
+    ) -> list[Match]:
+        """Drug value sets a medication order belongs to ("any product containing this
+        ingredient"): `concept` is MedicationRequest.medicationCodeableConcept, `medication` the
+        resolved Medication resource, `request` the MedicationRequest (its dosageInstruction
+        routes); any may be None. See medicines.py."""
+        from cds_service.terminology.medicines import match_medication
+
+        return match_medication(self, concept, medication, request)
+
     def match(self, concept: Mapping[str, Any] | None, applies_to: str) -> list[Match]:
         """Value sets this CodeableConcept belongs to, recognised by code first, then by text.
 
@@ -207,11 +258,18 @@ class Terminology:
         for coding in codings if isinstance(codings, list) else ():
             if not isinstance(coding, Mapping):
                 continue
-            system, code = coding.get("system"), coding.get("code")
-            if not isinstance(system, str) or not isinstance(code, str):
+            sent, code = coding.get("system"), coding.get("code")
+            if not isinstance(sent, str) or not isinstance(code, str):
                 continue
+            system = systems.canonical_system(sent)  # OIDs, French CIM-10, SNOMED versions...
+            code = systems.bare_code(code)
             norm = normalise_code(system, code)
             ids = list(self._exact.get((system, norm), ()))
+            if not ids and systems.is_french_icd10(sent):
+                # A French CIM-10 extension code subdivides a WHO code (N18.50 -> N18.5).
+                for end in range(len(norm) - 1, 3, -1):
+                    if ids := list(self._exact.get((system, norm[:end]), ())):
+                        break
             ids += [vs for prefix, vs in self._prefixes.get(system, ()) if norm.startswith(prefix)]
             for vs_id in ids:
                 if self.valuesets[vs_id].applies_to == applies_to and vs_id not in found:
