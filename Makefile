@@ -45,13 +45,13 @@ lint: $(VENV)/.installed-test
 
 # The store tests also run against PostgreSQL: scripts/ensure-postgres starts (or, as root on
 # Debian, installs) it on 127.0.0.1:5432 and says so when it cannot; those tests then skip.
-# The preview page's browser tests need Chromium: scripts/ensure-browser finds (or, as root on
-# Debian, installs) one and says so when it cannot; those tests then skip.
+# The browser tests (preview page, official CDS Hooks Sandbox) need Chromium: scripts/ensure-browser
+# finds (or, as root on Debian, installs) one and says so when it cannot; those tests then skip.
 test: lint
 	@TEST_POSTGRES_URL="$$(PY=$(BIN)/python scripts/ensure-postgres)"; export TEST_POSTGRES_URL; \
 		echo "PostgreSQL for the store tests: $${TEST_POSTGRES_URL:-none (skipped)}"; \
 		CDS_TEST_CHROMIUM="$$(scripts/ensure-browser)"; export CDS_TEST_CHROMIUM; \
-		echo "Chromium for the preview page tests: $${CDS_TEST_CHROMIUM:-none (skipped)}"; \
+		echo "Chromium for the browser tests: $${CDS_TEST_CHROMIUM:-none (skipped)}"; \
 		$(BIN)/python -m pytest
 
 format: $(VENV)/.installed-test

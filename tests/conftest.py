@@ -185,20 +185,22 @@ def fixture_transaction(names: list[str]) -> dict[str, Any]:
     return transaction_bundle(load_request(name) for name in names)
 
 
-@pytest.fixture(scope="session")
-def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real FHIR R4 server (sekmet-fhir) on loopback, loaded with every fixture patient.
+@contextmanager
+def running_sekmet(work: Path, token: str | None = SEKMET_TOKEN) -> Iterator[str]:
+    """A real FHIR R4 server (sekmet-fhir) on a free loopback port, its data in `work`, loaded
+    with every fixture patient; yields its base URL.
 
-    Yields its base URL. It accepts only `Authorization: Bearer SEKMET_TOKEN`.
+    With `token` it accepts only `Authorization: Bearer <token>`; with None it is open, as the
+    CDS Hooks Sandbox needs (it sends the FHIR server no token). It answers CORS for any origin.
     """
     import socket
     import sys
 
-    work = tmp_path_factory.mktemp("sekmet")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     base = f"http://127.0.0.1:{port}/fhir"
+    server_auth = "{types: [bearer], tokens: [" + token + "]}" if token else "{types: [none]}"
     (work / "settings.yaml").write_text(
         "\n".join(
             [
@@ -206,7 +208,7 @@ def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 "host: 127.0.0.1",
                 f"port: {port}",
                 f"data_dir: {work / 'data'}",
-                "server_auth: {types: [bearer], tokens: [" + SEKMET_TOKEN + "]}",
+                f"server_auth: {server_auth}",
                 "validation: {inbound: warn}",
                 "simulator: {enabled: false}",
             ]
@@ -219,7 +221,7 @@ def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    auth = {"Authorization": f"Bearer {SEKMET_TOKEN}"}
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         wait_until_up(f"{base}/metadata", process)
         loaded = httpx.post(
@@ -233,6 +235,16 @@ def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real FHIR R4 server (sekmet-fhir) on loopback, loaded with every fixture patient.
+
+    Yields its base URL. It accepts only `Authorization: Bearer SEKMET_TOKEN`.
+    """
+    with running_sekmet(tmp_path_factory.mktemp("sekmet")) as base:
+        yield base
 
 
 def by_rule(cards: list[dict[str, Any]], rule: str) -> dict[str, Any]:
@@ -256,3 +268,43 @@ def fhir_authorization(token: str, **extra: str) -> dict[str, Any]:
         "subject": "calcinosis-cds",
         **extra,
     }
+
+
+# Chromium for the browser tests: run as root in a container, talking only to loopback. Each
+# launch gets a fresh, empty profile (Playwright creates a temporary user-data-dir).
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@contextmanager
+def launched_chromium() -> Iterator[Any]:
+    """The system Chromium (`CDS_TEST_CHROMIUM`, else /usr/bin/chromium) driven by Playwright;
+    skips the calling test, saying why, when there is none or it cannot start."""
+    from playwright.sync_api import sync_playwright
+
+    path = os.environ.get("CDS_TEST_CHROMIUM") or "/usr/bin/chromium"
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        pytest.skip(
+            f"no Chromium at {path}: set CDS_TEST_CHROMIUM, or run scripts/ensure-browser "
+            "(as root on Debian it installs one)"
+        )
+    manager = sync_playwright().start()
+    try:
+        browser = manager.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+    except Exception as exc:  # noqa: BLE001 - any launch failure means "no usable browser"
+        manager.stop()
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        pytest.skip(f"Chromium at {path} cannot start: {type(exc).__name__}: {reason}")
+    try:
+        yield browser
+    finally:
+        browser.close()
+        manager.stop()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from cds_service.hooks.validation import violations
@@ -42,22 +41,13 @@ from tests.conftest import (
     collection,
     expected_indicators,
     fixture_resources,
+    launched_chromium,
     load_expected,
     load_request,
 )
 
 ARTIFACTS = ROOT / "test-artifacts"
 SCREENSHOT = ARTIFACTS / "preview-cards.png"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 20_000  # how long a wait for the page may last before the test fails (not timed)
 
 PV = "calcinosis-patient-view"
@@ -71,22 +61,8 @@ XSS_LINK = "[x](javascript:window.__pwned=1)"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    path = os.environ.get("CDS_TEST_CHROMIUM") or "/usr/bin/chromium"
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        pytest.skip(
-            f"no Chromium at {path}: set CDS_TEST_CHROMIUM, or run scripts/ensure-browser "
-            "(as root on Debian it installs one)"
-        )
-    manager = sync_playwright().start()
-    try:
-        launched = manager.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-    except Exception as exc:  # noqa: BLE001 - any launch failure means "no usable browser"
-        manager.stop()
-        reason = (str(exc).strip().splitlines() or [""])[0][:300]
-        pytest.skip(f"Chromium at {path} cannot start: {type(exc).__name__}: {reason}")
-    yield launched
-    launched.close()
-    manager.stop()
+    with launched_chromium() as launched:
+        yield launched
 
 
 @dataclass
