@@ -259,6 +259,8 @@ def test_abbreviations_and_cation_runs() -> None:
         ("Carafate 1 g tablet", ("sucralfate",), False),
         ("ULCAR 1 g", ("sucralfate",), False),
         ("Kéal 2 g, suspension buvable", ("sucralfate",), False),
+        ("Gaviscon Extra Strength chewable tablet", ("aluminium hydroxide",), True),
+        ("GAVISCON REGULAR STRENGTH LIQUID", ("aluminium hydroxide",), True),
     ],
 )
 def test_brands(name: str, salts: tuple[str, ...], with_note: bool) -> None:
@@ -276,6 +278,8 @@ def test_brands(name: str, salts: tuple[str, ...], with_note: bool) -> None:
         "Mylanta Classic",  # calcium carbonate, no aluminium (openFDA NDC 62372-501)
         "Maalox chewable tablets",  # US chewables: calcium carbonate
         "Mylanta Gas",  # simethicone only
+        "GAVISCON, suspension buvable en flacon",  # French Gaviscon: an alginate, no aluminium
+        "Gaviscon",  # which Gaviscon is not said: the US and French products differ
     ],
 )
 def test_brands_that_are_not_known_to_hold_aluminium(name: str) -> None:
