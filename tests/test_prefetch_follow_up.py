@@ -210,3 +210,12 @@ def test_the_sandbox_s_single_category_object_is_coerced(tmp_path: Path) -> None
         }
     cards = post(tmp_path, body, hook="order-select")
     assert rules_of(cards) == {ALUMINIUM: "critical"}
+
+
+def test_an_order_with_no_medication_at_all_is_said_to_be_unidentified(tmp_path: Path) -> None:
+    for empty in ({}, {"medicationCodeableConcept": {"coding": [{"system": "urn:x"}]}}):
+        card = by_rule(post(tmp_path, with_order(order(**empty))), "data-not-read")
+        assert (
+            "1 medication order could not be identified (MedicationRequest/mr-1)"
+            in (card["summary"])
+        )

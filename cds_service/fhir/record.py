@@ -921,22 +921,23 @@ def _medication(
         medication = referenced_medication(res, reference, medication_index)
         if medication is None:
             display = reference.get("display")
-            if isinstance(display, str) and display.strip():
-                concept = {"text": display}
-            else:
-                notes.append(
-                    DataNote(
-                        kind="unidentified-order",
-                        concept="",
-                        ref=_ref(res),
-                        detail="medicationReference",
-                        resource_type="MedicationRequest",
-                    )
-                )
-                return None
+            concept = {"text": display} if isinstance(display, str) else None
         else:
             code = medication.get("code")
             concept = code if isinstance(code, Mapping) else None
+    if medication is None and not _names_something(concept):
+        # Nothing says what this order is: never silence (issue 11).
+        field = "medicationReference" if isinstance(reference, Mapping) else "medication[x]"
+        notes.append(
+            DataNote(
+                kind="unidentified-order",
+                concept="",
+                ref=_ref(res),
+                detail=field,
+                resource_type="MedicationRequest",
+            )
+        )
+        return None
     matches = terminology.match_medication(concept, medication, res)
     if not matches:
         return None
@@ -954,6 +955,20 @@ def _medication(
         authored=authored.date() if authored else None,
         resource=res,
         draft=draft,
+    )
+
+
+def _names_something(concept: Any) -> bool:
+    """Whether a CodeableConcept carries a text or a coding with a code or a display."""
+    if not isinstance(concept, Mapping):
+        return False
+    text = concept.get("text")
+    if isinstance(text, str) and text.strip():
+        return True
+    return any(
+        isinstance(coding, Mapping)
+        and any(isinstance(coding.get(k), str) and coding[k].strip() for k in ("code", "display"))
+        for coding in items(concept.get("coding"))
     )
 
 
