@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import cache
@@ -31,6 +31,7 @@ from cds_service.fhir.record import (
 )
 from cds_service.knowledge.renal import RenalStatus
 from cds_service.rules.base import Finding
+from cds_service.rules.coherence import Withheld
 from cds_service.settings import SUPPORTED_LANGUAGES
 from cds_service.terminology import ATC, LOINC, RXNORM, YAML_LOADER, Terminology
 from cds_service.terminology.medicines import ingredient_title
@@ -51,6 +52,17 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~&])")
 
 class CardContentError(ValueError):
     """A card content file is incomplete or inconsistent (raised at start-up)."""
+
+
+def shorten(summary: str, limit: int = SUMMARY_MAX) -> str:
+    """`summary` within `limit` characters: a last resort (card files keep their summaries short
+    enough), cut at a word boundary, never mid-word, and marked with an ellipsis."""
+    if len(summary) <= limit:
+        return summary
+    head = summary[: limit - 1]
+    if not summary[limit - 1].isspace() and " " in head:
+        head = head.rsplit(" ", 1)[0]
+    return head.rstrip(" ,;:(/-–") + "…"
 
 
 def md_escape(text: str) -> str:
@@ -148,19 +160,35 @@ class Renderer:
 
     # ------------------------------------------------------------------ public
 
-    def render(self, finding: Finding, lang: str, patient_id: str) -> dict[str, Any]:
+    def render(
+        self,
+        finding: Finding,
+        lang: str,
+        patient_id: str,
+        withheld: Mapping[str, Withheld] | None = None,
+    ) -> dict[str, Any]:
+        """One card. `withheld`: the drugs not to propose to this patient (rules/coherence.py);
+        a suggestion proposing one is left out and the detail says why in one line."""
         content = self.library.cards[finding.rule]
         variant = content.variant(finding.variant)
         fmt = _Formatter(self.library, lang, content.data.get("steps"))
         values = fmt.values(finding.facts)
-        summary = " ".join(variant["summary"][lang].format_map(values).split())
-        if len(summary) > SUMMARY_MAX:
-            summary = summary[: SUMMARY_MAX - 1].rstrip() + "…"
+        keys = tuple(variant.get("suggestions") or ())
+        held = self._held(content, keys, finding, withheld or {})
+        suggestions = [
+            s
+            for key in keys
+            if key not in held
+            for s in self._suggestions(content, key, variant, finding, lang, patient_id)
+        ]
+        once = {w.valueset: w for w in held.values()}  # two suggestions may propose one drug
+        not_proposed = [fmt.not_proposed(w) for w in once.values()]
+        summary = shorten(" ".join(variant["summary"][lang].format_map(values).split()))
         card: dict[str, Any] = {
             "uuid": str(uuid.uuid4()),
             "summary": summary,
             "indicator": variant["indicator"],
-            "detail": self._detail(content, variant, finding, fmt, values),
+            "detail": self._detail(content, variant, finding, fmt, values, not_proposed),
             "source": {
                 "label": content.data["source"]["label"][lang],
                 **({"url": url} if (url := content.data["source"].get("url")) else {}),
@@ -171,11 +199,6 @@ class Renderer:
                 },
             },
         }
-        suggestions = [
-            s
-            for key in variant.get("suggestions") or ()
-            for s in self._suggestions(content, key, variant, finding, lang, patient_id)
-        ]
         if suggestions:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "any"
@@ -200,10 +223,11 @@ class Renderer:
         finding: Finding,
         fmt: _Formatter,
         values: Mapping[str, str],
+        not_proposed: Sequence[str] = (),
     ) -> str:
         lang = fmt.lang
         heads = self.common["headings"]
-        parts = [variant["detail"][lang].format_map(values).strip()]
+        parts = [variant["detail"][lang].format_map(values).strip(), *not_proposed]
         lines = [f"- {fmt.evidence(item)}" for item in finding.evidence]
         lines = [line for line in lines if line != "- "]
         if lines:
@@ -217,6 +241,22 @@ class Renderer:
         parts.append(f"_{footer}_")
         return "\n\n".join(parts)
 
+    def _held(
+        self,
+        content: CardContent,
+        keys: Iterable[str],
+        finding: Finding,
+        withheld: Mapping[str, Withheld],
+    ) -> dict[str, Withheld]:
+        """The card's suggestions that would propose a withheld drug: suggestion key -> why."""
+        held = {}
+        for key in keys:
+            spec = content.data["suggestions"][key]
+            proposes = spec["action"] == "propose-medication" and _applies(spec, finding)
+            if proposes and (why := withheld.get(spec["valueset"])) is not None:
+                held[key] = why
+        return held
+
     def _suggestions(
         self,
         content: CardContent,
@@ -227,7 +267,7 @@ class Renderer:
         patient_id: str,
     ) -> list[dict[str, Any]]:
         spec = content.data["suggestions"][key]
-        if "feature" in spec and spec["feature"] not in finding.facts.get("features", ()):
+        if not _applies(spec, finding):
             return []  # a suggestion for a lesion feature this patient does not have
         if spec["action"] == "order-missing-labs":  # one suggestion per missing test
             return [
@@ -315,6 +355,22 @@ class Renderer:
         return suggestion
 
 
+def _applies(spec: Mapping[str, Any], finding: Finding) -> bool:
+    """A suggestion tied to a lesion feature applies only when the patient has it."""
+    return "feature" not in spec or spec["feature"] in finding.facts.get("features", ())
+
+
+def proposed_valuesets(library: CardLibrary, rule_ids: Iterable[str]) -> frozenset[str]:
+    """The drugs (value sets) the cards of these rules may propose in one click."""
+    return frozenset(
+        spec["valueset"]
+        for rule in rule_ids
+        if (content := library.cards.get(rule)) is not None
+        for spec in (content.data.get("suggestions") or {}).values()
+        if spec.get("action") == "propose-medication"
+    )
+
+
 def _service_request(patient_id: str, code: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "resourceType": "ServiceRequest",
@@ -327,6 +383,26 @@ def _service_request(patient_id: str, code: Mapping[str, Any]) -> dict[str, Any]
 
 # How a laboratory comparator is written on a card (FHIR Quantity.comparator codes).
 SHOWN_COMPARATORS = {"<": "<", "<=": "≤", ">": ">", ">=": "≥"}
+
+# The unit each reader expects, where it is not the canonical one (units.CANONICAL, mg/dL for
+# creatinine, calcium and phosphate, as US laboratories report them): French laboratories
+# report creatinine in µmol/L and calcium and phosphate in mmol/L.
+# concept -> lang -> (unit label, factor from the canonical unit, decimals shown).
+SHOWN_UNITS: dict[str, dict[str, tuple[str, float, int]]] = {
+    "egfr": {"fr": ("mL/min/1,73 m²", 1.0, 0)},  # the French decimal comma
+    "creatinine": {"fr": ("µmol/L", units.CREATININE_UMOL_PER_MG_DL, 0)},
+    "calcium": {"fr": ("mmol/L", 1 / units.CALCIUM_MG_DL_PER_MMOL_L, 2)},
+    "phosphate": {"fr": ("mmol/L", 1 / units.PHOSPHATE_MG_DL_PER_MMOL_L, 2)},
+    # calcium × phosphate product, computed in mg²/dL² (rules/calcinosis_type.py)
+    "calcium-phosphate-product": {
+        "en": ("mg²/dL²", 1.0, 0),
+        "fr": (
+            "mmol²/L²",
+            1 / (units.CALCIUM_MG_DL_PER_MMOL_L * units.PHOSPHATE_MG_DL_PER_MMOL_L),
+            1,
+        ),
+    },
+}
 
 
 class _Formatter:
@@ -348,6 +424,31 @@ class _Formatter:
 
     def number(self, value: float, decimals: int) -> str:
         text = f"{value:.{decimals}f}"
+        return text.replace(".", ",") if self.lang == "fr" else text
+
+    def quantity_parts(
+        self, concept: str, value: float, comparator: str | None = None
+    ) -> tuple[str, str]:
+        """A canonical-unit value in this reader's unit: ("2.15", "mg/dL") / ("190", "µmol/L")."""
+        shown = SHOWN_UNITS.get(concept, {}).get(self.lang)
+        if shown is None:
+            number = self.number(value, units.decimals(concept))
+            unit = units.canonical_label(concept)
+        else:
+            number = self.number(value * shown[1], shown[2])
+            unit = shown[0]
+        return self.comparator(comparator) + number, unit
+
+    def quantity(self, concept: str, value: float, comparator: str | None = None) -> str:
+        return " ".join(self.quantity_parts(concept, value, comparator))
+
+    def shown_unit(self, concept: str) -> str:
+        shown = SHOWN_UNITS.get(concept, {}).get(self.lang)
+        return shown[0] if shown else units.canonical_label(concept)
+
+    def as_sent(self, value: float) -> str:
+        """A number as a laboratory wrote it: "11", "10.1", "2.72" (no padding zeros)."""
+        text = f"{value:.2f}".rstrip("0").rstrip(".")
         return text.replace(".", ",") if self.lang == "fr" else text
 
     def date(self, value: date | datetime | None) -> str:
@@ -417,8 +518,12 @@ class _Formatter:
             lines = [self.risk_factor(key, params) for key, params in facts["factors"]]
             values["factors"] = "\n".join(f"- {line}" for line in lines)
             values["factor_count"] = str(len(lines))
+            values["risk_factors"] = self.count("risk_factors", len(lines))
         if "missing" in facts:
             values["missing"] = ", ".join(self.concept(m) for m in facts["missing"])
+            values["missing_short"] = self.alternatives(
+                [self.t("short_test", m) for m in facts["missing"]]
+            )
         if isinstance(facts.get("check"), str):  # the rule a check-failed card is about
             rule = self.library.cards.get(facts["check"])
             values["check"] = rule.data["title"][self.lang] if rule else facts["check"]
@@ -432,6 +537,52 @@ class _Formatter:
             lines = [self.abnormality(key, fact) for key, fact in facts["abnormalities"]]
             values["abnormalities"] = "\n".join(f"- {line}" for line in lines)
         return values
+
+    def count(self, key: str, n: int) -> str:
+        """ "1 risk factor", "3 risk factors" (French: 0 and 1 take the singular)."""
+        form = "one" if n == 1 or (n == 0 and self.lang == "fr") else "other"
+        return self.t("count", key, form).format(n=n)
+
+    def alternatives(self, items: list[str]) -> str:
+        """ "a, b or c" / "a, b ni c" (after a negation: "no ...", "pas de ...")."""
+        if len(items) < 2:
+            return "".join(items)
+        return f"{', '.join(items[:-1])}{self.t('or_after_no')}{items[-1]}"
+
+    def not_proposed(self, withheld: Withheld) -> str:
+        """Why a card does not propose a drug, in one line: "Not proposed: colchicine — eGFR
+        20 (G4) and current clarithromycin." (phrases: _common.yaml, `not_proposed`)."""
+        drug = self.concept(withheld.valueset)
+        if withheld.current:
+            kinds = {"draft" if m.draft else m.status for m in withheld.current}
+            kind = next(k for k in ("active", "on-hold", "draft") if k in kinds)
+            return self.t("not_proposed", "line").format(
+                drug=drug, why=self.t("not_proposed", "current", kind)
+            )
+        reasons = [self.not_proposed_reason(item) for item in withheld.reasons]
+        if withheld.unchecked:
+            reasons.append(self.t("not_proposed", "unchecked"))
+        reasons = list(dict.fromkeys(r for r in reasons if r))
+        if len(reasons) > 1:
+            why = f"{', '.join(reasons[:-1])}{self.t('not_proposed', 'and')}{reasons[-1]}"
+        else:
+            why = "".join(reasons) or self.t("not_proposed", "unchecked")
+        return self.t("not_proposed", "line").format(drug=drug, why=why)
+
+    def not_proposed_reason(self, item: Any) -> str:
+        """A record fact that stops a proposal, in a few words."""
+        if isinstance(item, RenalStatus):
+            return self.renal_short(item)
+        if isinstance(item, ConditionFact):
+            return self.concept(item.match.valueset)
+        if isinstance(item, LabResult):
+            return self.t("not_proposed", "lab").format(
+                concept=self.concept(item.concept),
+                value=" ".join(self.quantity_parts(item.concept, item.value, item.comparator)),
+            )
+        if isinstance(item, MedicationFact):
+            return self.t("not_proposed", "partner").format(drug=self.drug(item))
+        return ""
 
     def what(self, note: DataNote) -> str:
         kinds = self.common["data_note"]["what"]
@@ -479,16 +630,13 @@ class _Formatter:
         return self.t("risk_factor", key).format(**params)
 
     def lab_values(self, lab: LabResult) -> dict[str, str]:
-        return {
-            "value": self.number(lab.value, units.decimals(lab.concept)),
-            "unit": lab.unit,
-            "date": self.date(lab.when),
-        }
+        value, unit = self.quantity_parts(lab.concept, lab.value, lab.comparator)
+        return {"value": value, "unit": unit, "date": self.date(lab.when)}
 
     def abnormality(self, key: str, fact: Any) -> str:
         if key == "calcium-phosphate-product":
             product, _calcium, _phosphate = fact
-            return self.t("abnormality", key).format(value=self.number(product, 0))
+            return self.t("abnormality", key).format(value=self.quantity(key, product))
         if isinstance(fact, LabResult):
             return self.t("abnormality", key).format(**self.lab_values(fact))
         if isinstance(fact, ConditionFact):
@@ -513,7 +661,7 @@ class _Formatter:
                 return self.t("renal", "short_dialysis")
             if renal.category is None:
                 return self.t("renal", "short_coded_unstaged")
-            return self.t("renal", "short_coded").format(category=f"CKD {renal.category}")
+            return self.t("renal", "short_coded").format(category=renal.category)
         if renal.source in ("measured", "computed"):
             if renal.stale:
                 return self.t("renal", "short_stale").format(
@@ -562,7 +710,7 @@ class _Formatter:
                 egfr=self.egfr(renal),
                 date=self.date(renal.date),
                 category=renal.category_label,
-                creatinine=self.comparator(renal.lab.comparator) + self.number(renal.lab.value, 2),
+                creatinine=self.quantity("creatinine", renal.lab.value, renal.lab.comparator),
                 age=f"{ages[0]}-{ages[1]}" if ages else renal.age_at_test,
                 sex=sex,
             )
@@ -606,20 +754,20 @@ class _Formatter:
                 ref=item.ref,
             )
         if isinstance(item, LabResult):
-            decimals = units.decimals(item.concept)
             measured = ""
-            if item.measured_unit and item.measured_value != item.value:
+            shown_unit = self.shown_unit(item.concept)
+            same_unit = units.normalise_unit(item.measured_unit) == units.normalise_unit(shown_unit)
+            converted = shown_unit != item.unit or item.measured_value != item.value
+            if item.measured_unit and converted and not same_unit:  # as the laboratory sent it
                 measured = self.t("evidence", "lab_measured_as").format(
-                    value=self.comparator(item.comparator)
-                    + self.number(
-                        item.measured_value, 0 if item.measured_value.is_integer() else 2
-                    ),
+                    value=self.comparator(item.comparator) + self.as_sent(item.measured_value),
                     unit=md_escape(item.measured_unit),
                 )
+            value, unit = self.quantity_parts(item.concept, item.value, item.comparator)
             return self.t("evidence", "lab").format(
                 concept=self.concept(item.concept),
-                value=self.comparator(item.comparator) + self.number(item.value, decimals),
-                unit=item.unit,
+                value=value,
+                unit=unit,
                 date=self.date(item.when),
                 measured=measured,
                 code=item.code,

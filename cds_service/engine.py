@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cds_service import rules
-from cds_service.cards import INDICATORS, Renderer, load_library
+from cds_service.cards import INDICATORS, Renderer, load_library, proposed_valuesets
 from cds_service.errors import InputError, NotFound, PrefetchUnavailable
 from cds_service.fhir import prefetch
 from cds_service.fhir.client import FhirFetcher
@@ -26,11 +26,16 @@ from cds_service.hooks.validation import first_violation
 from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.safety import table_valuesets
 from cds_service.observability import Metrics, create_metrics
-from cds_service.rules import data_notes
+from cds_service.rules import coherence, data_notes
 from cds_service.rules.base import Finding
 from cds_service.settings import DEVELOPMENT_HASH_KEY, Settings
 from cds_service.store import FeedbackEntry, IssuedCard, Store
-from cds_service.suppression import Suppression, evidence_fingerprint
+from cds_service.suppression import (
+    SnoozePolicy,
+    Suppression,
+    evidence_fingerprint,
+    override_explained,
+)
 from cds_service.terminology import Terminology
 
 log = logging.getLogger(__name__)
@@ -65,11 +70,15 @@ class CdsEngine:
             store,
             settings.hash_key,
             timedelta(minutes=settings.repeat_window_minutes),
-            timedelta(days=settings.snooze_days),
+            SnoozePolicy.from_settings(settings),
         )
         if settings.hash_key == DEVELOPMENT_HASH_KEY:
             log.warning("CDS_HASH_KEY is not set: using the development key")
         self.hooks = {s.id: s.hook for s in self.services.values()}  # service id -> hook
+        # The drugs each service's cards may propose in one click (checked per response).
+        self.proposable = {
+            s.id: proposed_valuesets(self.library, s.rules) for s in self.services.values()
+        }
         # Prometheus metrics (None with CDS_METRICS=off): label values come from this catalogue.
         self.metrics: Metrics | None = create_metrics(self.hooks) if settings.metrics else None
         self.fetcher = FhirFetcher(
@@ -142,7 +151,9 @@ class CdsEngine:
         fired = data_notes.attach(rules.run(service.rules, record), record)
         findings = self._unrepeated(service.hook, patient_id, encounter_id, fired, now)
 
-        cards = [self.renderer.render(f, lang, patient_id) for f in findings]
+        # No card proposes a drug the patient takes or the safety table flags (issue 12).
+        withheld = coherence.withheld_proposals(record, self.proposable[service.id])
+        cards = [self.renderer.render(f, lang, patient_id, withheld) for f in findings]
         # Most urgent first; among equals, by rule id (a stable order EHRs can rely on).
         order = sorted(
             range(len(cards)),
@@ -160,6 +171,7 @@ class CdsEngine:
                 issued_at=now,
                 subject_key=self.suppression.subject_key(patient_id, findings[i]),
                 evidence_hash=evidence_fingerprint(findings[i]),
+                encounter_key=self.suppression.encounter_key(patient_id, encounter_id),
             )
             for i in order
         )
@@ -232,11 +244,14 @@ class CdsEngine:
                 )
             )
         self.store.record_feedback(entries)
-        for entry in entries:
+        for entry, item in zip(entries, body["feedback"], strict=True):
             if entry.outcome == "overridden":
                 issued = self.store.issued(entry.card_uuid)
                 assert issued is not None
-                self.suppression.snooze_after_override(issued, service.hook, received)
+                explained = override_explained(item.get("overrideReason"))
+                self.suppression.snooze_after_override(
+                    issued, service.hook, received, reason=explained
+                )
         return len(entries)
 
     def _record(self, issued: tuple[IssuedCard, ...]) -> None:

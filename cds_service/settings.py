@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -27,9 +27,28 @@ INTEGER_SETTINGS = (
     ("CDS_FHIR_DEADLINE_MS", "fhir_deadline_ms"),
     ("CDS_FHIR_PAGE_LIMIT", "fhir_page_limit"),
     ("CDS_REPEAT_WINDOW_MINUTES", "repeat_window_minutes"),
-    ("CDS_SNOOZE_DAYS", "snooze_days"),
 )
 DEVELOPMENT_HASH_KEY = "calcinosis-cds-development-key"
+
+# Card indicators, least urgent first (as in cds_service/cards.py, which settings cannot import).
+SNOOZE_INDICATORS = ("info", "warning", "critical")
+# Environment variable -> Settings field, for the snooze durations (see the README, "Settings"):
+# how long an overridden patient-view card stays hidden, by indicator, after an override with a
+# reason and after one without (a plain "Dismiss").
+SNOOZE_SETTINGS = (
+    ("CDS_SNOOZE_CRITICAL", "snooze_critical"),
+    ("CDS_SNOOZE_WARNING", "snooze_warning"),
+    ("CDS_SNOOZE_INFO", "snooze_info"),
+    ("CDS_SNOOZE_NO_REASON_CRITICAL", "snooze_no_reason_critical"),
+    ("CDS_SNOOZE_NO_REASON_WARNING", "snooze_no_reason_warning"),
+    ("CDS_SNOOZE_NO_REASON_INFO", "snooze_no_reason_info"),
+)
+MAX_SNOOZE = timedelta(days=365)
+DURATION_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
+# Settings that no longer exist, and what replaced them (refused rather than silently ignored).
+REPLACED_SETTINGS = {
+    "CDS_SNOOZE_DAYS": "CDS_SNOOZE_CRITICAL, CDS_SNOOZE_WARNING and CDS_SNOOZE_INFO (e.g. 30d)",
+}
 
 
 class SettingsError(ValueError):
@@ -43,6 +62,19 @@ def _flag(var: str, raw: str) -> bool:
     if value in ("0", "false", "no", "off", ""):
         return False
     raise SettingsError(f"{var} must be on or off (1/0, true/false), not {raw!r}")
+
+
+def parse_duration(var: str, raw: str) -> timedelta:
+    """A duration written as a whole number and a unit: "30m", "24h", "7d"; "0" is none."""
+    value = raw.strip().lower()
+    if value == "0":
+        return timedelta(0)
+    number, unit = value[:-1].strip(), value[-1:]
+    if unit not in DURATION_UNITS or not number.isdigit():
+        raise SettingsError(
+            f"{var} must be a duration such as 30m, 24h or 7d (0 for none), not {raw!r}"
+        )
+    return int(number) * DURATION_UNITS[unit]
 
 
 def _utcnow() -> datetime:
@@ -72,7 +104,17 @@ class Settings:
     # Key of the HMACs that stand for patients in the store; set your own in production.
     hash_key: str = field(default=DEVELOPMENT_HASH_KEY, repr=False)
     repeat_window_minutes: int = 60  # order-select caution not repeated at order-sign
-    snooze_days: int = 30  # patient-view card not shown again after an override
+    # A patient-view card overridden with a reason is not shown again for this long, by
+    # indicator, unless its evidence changes (0: not snoozed).
+    snooze_critical: timedelta = timedelta(hours=24)
+    snooze_warning: timedelta = timedelta(days=7)
+    snooze_info: timedelta = timedelta(days=30)
+    # Overridden without a reason (a plain "Dismiss"): shorter, never longer than with one.
+    snooze_no_reason_critical: timedelta = timedelta(hours=1)
+    snooze_no_reason_warning: timedelta = timedelta(days=1)
+    snooze_no_reason_info: timedelta = timedelta(days=7)
+    # Indicators whose snooze also ends when the chart is opened in another encounter.
+    snooze_encounter_bound: tuple[str, ...] = ("critical",)
     # Authentication of CDS clients: "off" (development only) or "jwt" (CDS Hooks 2.0).
     auth: str = "off"
     trusted_issuers_file: Path | None = None  # JSON file, see the README, "Security"
@@ -101,11 +143,11 @@ class Settings:
             ("CDS_FHIR_DEADLINE_MS", self.fhir_deadline_ms),
             ("CDS_FHIR_PAGE_LIMIT", self.fhir_page_limit),
             ("CDS_REPEAT_WINDOW_MINUTES", self.repeat_window_minutes),
-            ("CDS_SNOOZE_DAYS", self.snooze_days),
             ("CDS_MAX_JSON_DEPTH", self.max_json_depth),
         ):
             if value < 1:
                 raise SettingsError(f"{name} must be a positive integer")
+        self._check_snoozes()
         for server in self.fhir_servers:
             if not server.startswith(("https://", "http://")):
                 raise SettingsError(f"CDS_FHIR_SERVERS: {server!r} is not an http(s) base URL")
@@ -121,6 +163,33 @@ class Settings:
             object.__setattr__(self, "preview", not self.production)
         if self.production:
             self.check_production()
+
+    def _check_snoozes(self) -> None:
+        for var, name in SNOOZE_SETTINGS:
+            value: timedelta = getattr(self, name)
+            if not timedelta(0) <= value <= MAX_SNOOZE:
+                raise SettingsError(f"{var} must be between 0 and {MAX_SNOOZE.days}d")
+        for indicator in SNOOZE_INDICATORS:
+            explained = self.snooze_for(indicator, reason=True)
+            if self.snooze_for(indicator, reason=False) > explained:
+                raise SettingsError(
+                    f"CDS_SNOOZE_NO_REASON_{indicator.upper()} must not be longer than "
+                    f"CDS_SNOOZE_{indicator.upper()}: a card dismissed without a reason is "
+                    "hidden no longer than one overridden with a reason"
+                )
+        unknown = set(self.snooze_encounter_bound) - set(SNOOZE_INDICATORS)
+        if unknown:
+            raise SettingsError(
+                f"CDS_SNOOZE_ENDS_WITH_ENCOUNTER names {', '.join(sorted(unknown))}: "
+                f"use {', '.join(SNOOZE_INDICATORS)} or none"
+            )
+
+    def snooze_for(self, indicator: str, *, reason: bool) -> timedelta:
+        """How long an overridden card of this indicator stays hidden (with or without a
+        reason given); an indicator this service does not issue counts as critical."""
+        level = indicator if indicator in SNOOZE_INDICATORS else "critical"
+        prefix = "snooze_" if reason else "snooze_no_reason_"
+        return getattr(self, f"{prefix}{level}")  # type: ignore[no-any-return]
 
     def check_production(self) -> None:
         """Refuse what must never run in production (raises SettingsError naming it)."""
@@ -144,6 +213,9 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build settings from environment variables (see the README, "Settings")."""
         env = os.environ if env is None else env
+        for old, new in REPLACED_SETTINGS.items():
+            if old in env:
+                raise SettingsError(f"{old} is no longer read: use {new} (see the README)")
         kwargs: dict[str, object] = {}
         if url := env.get("DATABASE_URL"):
             kwargs["database_url"] = url
@@ -155,6 +227,12 @@ class Settings:
                     kwargs[name] = int(raw)
                 except ValueError:
                     raise SettingsError(f"{var} must be an integer, not {raw!r}") from None
+        for var, name in SNOOZE_SETTINGS:
+            if raw := env.get(var):
+                kwargs[name] = parse_duration(var, raw)
+        if (bound := env.get("CDS_SNOOZE_ENDS_WITH_ENCOUNTER")) is not None:
+            names = tuple(b.strip().lower() for b in bound.split(",") if b.strip())
+            kwargs["snooze_encounter_bound"] = () if names == ("none",) else names
         if key := env.get("CDS_HASH_KEY"):
             kwargs["hash_key"] = key
         if auth := env.get("CDS_AUTH"):

@@ -53,6 +53,7 @@ issued_cards = Table(
     Column("issued_at", DateTime(timezone=True), nullable=False),
     Column("subject_key", String(64), nullable=True),  # HMAC(patient, rule, order)
     Column("evidence_hash", String(64), nullable=True),
+    Column("encounter_key", String(64), nullable=True),  # HMAC(patient, encounter); None: none
 )
 
 shown_cautions = Table(
@@ -71,6 +72,8 @@ snoozes = Table(
     Column("evidence_hash", String(64), nullable=False),
     Column("until", DateTime(timezone=True), nullable=False),
     Column("card_uuid", String(36), nullable=False),
+    # HMAC(patient, encounter): the snooze holds only in this encounter (None: any encounter).
+    Column("encounter_key", String(64), nullable=True),
 )
 
 
@@ -133,6 +136,7 @@ class IssuedCard:
     issued_at: datetime
     subject_key: str | None = None
     evidence_hash: str | None = None
+    encounter_key: str | None = None  # the encounter it was shown in (None: not named)
 
 
 @dataclass(frozen=True)
@@ -284,7 +288,15 @@ class Store:
 
     # ------------------------------------------------------------------ snoozes
 
-    def add_snooze(self, subject_key: str, evidence_hash: str, until: datetime, card: str) -> None:
+    def add_snooze(
+        self,
+        subject_key: str,
+        evidence_hash: str,
+        until: datetime,
+        card: str,
+        encounter_key: str | None = None,
+    ) -> None:
+        """Hide this card until `until`; with `encounter_key`, only within that encounter."""
         with self.engine.begin() as conn:
             conn.execute(
                 insert(snoozes).values(
@@ -292,20 +304,35 @@ class Store:
                     evidence_hash=evidence_hash,
                     until=until,
                     card_uuid=card,
+                    encounter_key=encounter_key,
                 )
             )
 
-    def snoozed(self, cards: list[tuple[str, str]], now: datetime) -> set[tuple[str, str]]:
-        """Which of these (subject key, evidence hash) pairs are under a running snooze."""
+    def snoozed(
+        self, cards: list[tuple[str, str]], now: datetime, encounter_key: str | None = None
+    ) -> set[tuple[str, str]]:
+        """Which of these (subject key, evidence hash) pairs are under a running snooze: not
+        expired, and not bound to an encounter other than `encounter_key` (a call that names
+        no encounter is not known to be another one)."""
         if not cards:
             return set()
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(snoozes.c.subject_key, snoozes.c.evidence_hash, snoozes.c.until).where(
-                    snoozes.c.subject_key.in_({key for key, _ in cards})
-                )
+                select(
+                    snoozes.c.subject_key,
+                    snoozes.c.evidence_hash,
+                    snoozes.c.until,
+                    snoozes.c.encounter_key,
+                ).where(snoozes.c.subject_key.in_({key for key, _ in cards}))
             ).all()
-        running = {(r.subject_key, r.evidence_hash) for r in rows if as_utc(r.until) > now}
+        running = {
+            (r.subject_key, r.evidence_hash)
+            for r in rows
+            if as_utc(r.until) > now
+            and (
+                r.encounter_key is None or encounter_key is None or r.encounter_key == encounter_key
+            )
+        }
         return running & set(cards)
 
     # ------------------------------------------------------------------ knowledge maintenance

@@ -4,26 +4,35 @@
   repeated at order-sign for the same patient, encounter and drug, unless the order changed (its
   medication, dose, dispense request or the card's severity) or the window (1 hour) has passed.
 - **Snooze** (patient-view): after a clinician overrides a card, the same card for the same
-  patient is not shown again for the snooze period (30 days), unless its evidence changed (a new
-  result, another status, another order).
+  patient is not shown again for a while, by the card's indicator, unless its evidence changed:
+  with a reason given, 24 hours for a critical card (and only in the same encounter), 7 days for
+  a warning, 30 days for an info card; without one (a plain "Dismiss"), 1 hour (same encounter),
+  1 day and 7 days. All are settings (``CDS_SNOOZE_*``).
+- **Evidence** is everything the card rests on: every fact in the finding's evidence and facts,
+  field by field (a condition, a laboratory or coded result, an order, a procedure, the renal
+  status, a data note...). Any change, a new result, another status, another order, ends the
+  snooze.
 
-Both memories live in the store, so they hold across workers and instances. Patients appear
-there only as HMAC-SHA256 keys under ``CDS_HASH_KEY``; fingerprints are SHA-256 digests of what
-a clinician would call "the same order" or "the same evidence".
+Both memories live in the store, so they hold across workers and instances. Patients (and
+encounters) appear there only as HMAC-SHA256 keys under ``CDS_HASH_KEY``; fingerprints are
+SHA-256 digests of what a clinician would call "the same order" or "the same evidence".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from cds_service.fhir.record import ConditionFact, DataNote, LabResult, MedicationFact
+from cds_service.fhir.record import MedicationFact
 from cds_service.rules.base import Finding
+from cds_service.settings import SNOOZE_INDICATORS, Settings
 from cds_service.store import IssuedCard, Store
 
 log = logging.getLogger(__name__)
@@ -62,28 +71,107 @@ def order_fingerprint(finding: Finding) -> str:
     )
 
 
-def _evidence_item(item: Any) -> Any:
-    if isinstance(item, ConditionFact):
-        return ["condition", item.ref, item.valuesets, item.clinical_status, item.since]
-    if isinstance(item, LabResult):
-        return ["lab", item.ref, item.concept, round(item.value, 3), item.when]
-    if isinstance(item, MedicationFact):
-        resource = item.resource
-        dose = resource.get("dosageInstruction")
-        return ["medication", item.ref, item.status, item.valuesets, dose]
-    if isinstance(item, DataNote):
-        return ["note", item.ref, item.kind, item.detail]
-    return ["other", type(item).__name__]
+# The parts of a MedicationRequest that make it another order; the rest (meta, identifiers,
+# notes) may change while the order stays the same.
+ORDER_PARTS = (
+    "medicationCodeableConcept",
+    "medicationReference",
+    "dosageInstruction",
+    "dispenseRequest",
+    "intent",
+    "doNotPerform",
+)
 
 
-def evidence_fingerprint(finding: Finding) -> str:
-    """The evidence a card rests on; a new result or another status changes it."""
-    return _sha256([finding.variant, [_evidence_item(e) for e in finding.evidence]])
+def canonical(value: Any, *, strict: bool = False) -> Any:
+    """`value` as plain JSON data, field by field, for fingerprints.
+
+    Every dataclass (the record's facts, the renal status, a terminology match...) counts with
+    all its fields, named with its type; an order with its status, dates and the ORDER_PARTS of
+    its resource. A value of any other kind raises TypeError when `strict` (tests), else counts
+    by its repr (the fingerprint may then differ between calls: the card is shown, not hidden).
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, MedicationFact):
+        parts = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        resource = parts.pop("resource") or {}
+        parts["order"] = {k: resource.get(k) for k in ORDER_PARTS}
+        return [type(value).__name__, canonical(parts, strict=strict)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [
+            type(value).__name__,
+            {
+                f.name: canonical(getattr(value, f.name), strict=strict)
+                for f in dataclasses.fields(value)
+            },
+        ]
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v, strict=strict) for k, v in value.items()}
+    if isinstance(value, frozenset | set):
+        return sorted((canonical(v, strict=strict) for v in value), key=_sort_key)
+    if isinstance(value, list | tuple):
+        return [canonical(v, strict=strict) for v in value]
+    if strict:
+        raise TypeError(f"cannot fingerprint {type(value).__name__}")
+    log.warning("fingerprint of an unknown kind of evidence: %s", type(value).__name__)
+    return ["?", type(value).__name__, repr(value)]
+
+
+def _sort_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def evidence_fingerprint(finding: Finding, *, strict: bool = False) -> str:
+    """The evidence a card rests on: its rule, variant, evidence and facts, in full. A new
+    result, another status, another order or a new note changes it."""
+    return _sha256(
+        canonical([finding.rule, finding.variant, finding.evidence, finding.facts], strict=strict)
+    )
+
+
+def override_explained(override_reason: Mapping[str, Any] | None) -> bool:
+    """Did the clinician say why (a coded reason, or a comment)? A plain "Dismiss" does not."""
+    if not isinstance(override_reason, Mapping):
+        return False
+    reason = override_reason.get("reason")
+    coded = isinstance(reason, Mapping) and bool(reason.get("code") or reason.get("display"))
+    comment = override_reason.get("userComment")
+    return coded or (isinstance(comment, str) and bool(comment.strip()))
+
+
+@dataclass(frozen=True)
+class SnoozePolicy:
+    """How long an overridden patient-view card stays hidden, by indicator and by whether a
+    reason was given; for some indicators (critical by default) only within the encounter in
+    which it was overridden."""
+
+    with_reason: Mapping[str, timedelta]
+    without_reason: Mapping[str, timedelta]
+    encounter_bound: frozenset[str]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SnoozePolicy:
+        return cls(
+            {i: settings.snooze_for(i, reason=True) for i in SNOOZE_INDICATORS},
+            {i: settings.snooze_for(i, reason=False) for i in SNOOZE_INDICATORS},
+            frozenset(settings.snooze_encounter_bound),
+        )
+
+    def duration(self, indicator: str, *, reason: bool) -> timedelta:
+        """An indicator this service does not issue is snoozed as a critical card."""
+        durations = self.with_reason if reason else self.without_reason
+        return durations.get(indicator, durations["critical"])
+
+    def bound_to_encounter(self, indicator: str) -> bool:
+        return indicator in self.encounter_bound or indicator not in SNOOZE_INDICATORS
 
 
 class Suppression:
     def __init__(
-        self, store: Store, hash_key: str, repeat_window: timedelta, snooze: timedelta
+        self, store: Store, hash_key: str, repeat_window: timedelta, snooze: SnoozePolicy
     ) -> None:
         self.store = store
         self._key = hash_key.encode()
@@ -98,6 +186,10 @@ class Suppression:
         drug = _drug(finding)
         target = drug.ref if drug else ""
         return self._hmac("card", patient_id, finding.rule, target)
+
+    def encounter_key(self, patient_id: str, encounter_id: str) -> str | None:
+        """The encounter a card was shown in (None when the call named none)."""
+        return self._hmac("encounter", patient_id, encounter_id) if encounter_id else None
 
     def caution_key(self, patient_id: str, encounter_id: str, finding: Finding) -> str:
         """The same caution: patient, encounter, rule and drug (not the draft's id, which an EHR
@@ -128,7 +220,8 @@ class Suppression:
             return kept
         if hook == "patient-view":
             cards = [(self.subject_key(patient_id, f), evidence_fingerprint(f)) for f in findings]
-            snoozed = self.store.snoozed(cards, now)
+            encounter = self.encounter_key(patient_id, encounter_id)
+            snoozed = self.store.snoozed(cards, now, encounter)
             for finding, card in zip(findings, cards, strict=True):
                 if card in snoozed:
                     log.info("suppressed snoozed %s at patient-view", finding.rule)
@@ -165,11 +258,25 @@ class Suppression:
                     now,
                 )
 
-    def snooze_after_override(self, issued: IssuedCard, hook: str, now: datetime) -> bool:
-        """Snooze a patient-view card that a clinician overrode; True when a snooze was set."""
+    def snooze_after_override(
+        self, issued: IssuedCard, hook: str, now: datetime, *, reason: bool = True
+    ) -> bool:
+        """Snooze a patient-view card that a clinician overrode (`reason`: and said why), for
+        as long as the policy gives its indicator; True when a snooze was set.
+
+        A card bound to its encounter (critical by default) stays hidden only in the encounter
+        it was shown in; a card shown without an encounter, for the time alone."""
         if hook != "patient-view" or not issued.subject_key or not issued.evidence_hash:
             return False
+        duration = self.snooze.duration(issued.indicator, reason=reason)
+        if duration <= timedelta(0):
+            return False
+        bound = self.snooze.bound_to_encounter(issued.indicator)
         self.store.add_snooze(
-            issued.subject_key, issued.evidence_hash, now + self.snooze, issued.uuid
+            issued.subject_key,
+            issued.evidence_hash,
+            now + duration,
+            issued.uuid,
+            encounter_key=issued.encounter_key if bound else None,
         )
         return True

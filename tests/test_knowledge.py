@@ -89,6 +89,8 @@ VARIANT_RECORDS = {
         )
     ],
     ("colchicine-renal", "severe-renal"): [record(patient(), drug("2683"), egfr(25))],
+    ("colchicine-renal", "stale"): [record(patient(), drug("2683"), egfr(70, days_ago=730))],
+    ("colchicine-renal", "unknown"): [record(patient(), drug("2683"))],
     ("colchicine-interaction", "interaction"): [
         record(patient(), drug("2683", "c"), drug("3443", "d"), egfr(80)),
         record(patient(), drug("2683", "c"), drug("3443", "d"), egfr(40)),  # moderate: no CI
@@ -101,16 +103,34 @@ VARIANT_RECORDS = {
     ("bisphosphonate-renal", "contraindicated"): [
         record(patient(), drug("M05BA08", system=ATC), egfr(32))
     ],
+    ("bisphosphonate-renal", "stale"): [
+        record(patient(), drug("46041"), egfr(70, days_ago=730)),
+        record(patient(), drug("M05BA08", system=ATC), egfr(20, days_ago=400)),
+    ],
+    ("bisphosphonate-renal", "unknown"): [
+        record(patient(), drug("46041")),
+        record(patient(), drug("M05BA08", system=ATC)),
+    ],
     ("bisphosphonate-oesophageal", "caution"): [
         record(patient(), drug("46041"), condition(SNOMED, "235595009"), egfr(80))
     ],
     ("probenecid-renal", "ineffective"): [record(patient(), drug("8698"), egfr(30))],
+    ("probenecid-renal", "stale"): [record(patient(), drug("8698"), egfr(70, days_ago=730))],
+    ("probenecid-renal", "unknown"): [record(patient(), drug("8698"))],
     ("probenecid-nephrolithiasis", "caution"): [
         record(patient(), drug("8698"), condition(SNOMED, "95570007"), egfr(80))
     ],
     ("ccb-hypotension", "contraindicated"): [
-        record(patient(), drug("3443"), observation("8480-6", 85, "mm[Hg]", 2, "bp")),
         record(patient(), drug("11170"), condition(SNOMED, "45007003")),
+        record(
+            patient(),
+            drug("3443"),
+            condition(SNOMED, "45007003"),
+            observation("8480-6", 85, "mm[Hg]", 2, "bp"),
+        ),
+    ],
+    ("ccb-hypotension", "low-reading"): [
+        record(patient(), drug("3443"), observation("8480-6", 85, "mm[Hg]", 2, "bp")),
     ],
     ("ccb-av-block", "contraindicated"): [
         record(patient(), drug("11170"), condition(SNOMED, "195042002"))
@@ -220,7 +240,8 @@ def test_numbers_and_dates_follow_the_language() -> None:
     assert day.isoformat() in en
     assert "2.15 mg/dL" in en
     assert day.strftime("%d/%m/%Y") in fr
-    assert "2,15 mg/dL" in fr
+    assert "190 µmol/L" in fr  # creatinine in the French laboratories' unit
+    assert "mg/dL" not in fr
 
 
 def test_card_library_rejects_incomplete_content(tmp_path: Path) -> None:

@@ -192,7 +192,7 @@ def test_an_order_that_is_not_valid_r4_is_left_out_and_named(tmp_path: Path) -> 
     card = by_rule(cards, "data-not-read")
     assert card["summary"] == (
         "1 medication order could not be read (MedicationRequest/abc, field "
-        "dosageInstruction): check them in the chart"
+        "dosageInstruction): check in the chart"
     )
     assert "twice" not in str(cards)
 

@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
 import pytest
 from flask.testing import FlaskClient
 
+from cds_service.cards import CardLibrary
+from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.safety import load_table
 from cds_service.rules import RULES, calcinosis_context
-from tests.conftest import SERVICE_URL, load_request
-from tests.helpers import ICD10CM, SNOMED, condition, egfr, medication, patient, record
+from cds_service.settings import DEFAULT_CARDS_DIR
+from cds_service.terminology import Terminology
+from tests.conftest import NOW, SERVICE_URL, load_request
+from tests.helpers import (
+    ATC,
+    ICD10CM,
+    SNOMED,
+    condition,
+    drug,
+    egfr,
+    medication,
+    observation,
+    patient,
+    record,
+)
 
 
 @pytest.mark.parametrize(
@@ -35,7 +55,7 @@ def test_aluminium_thresholds(egfr_value: float, variant: str | None) -> None:
         ((condition(ICD10CM, "N18.32"),), "moderate"),
         ((condition(ICD10CM, "N19"),), "moderate"),
         ((egfr(85, days_ago=500),), "stale"),
-        ((egfr(20, days_ago=500),), "severe"),
+        ((egfr(20, days_ago=500),), "stale"),  # not current data: a recheck warning
         ((), "unknown"),
     ],
     ids=["dialysis", "ckd5", "ckd3b", "unstaged", "stale-normal", "stale-low", "unknown"],
@@ -45,16 +65,18 @@ def test_aluminium_renal_situations(resources: tuple, variant: str) -> None:
     assert [f.variant for f in findings] == [variant]
 
 
-def test_stale_severe_card_shows_the_date_of_the_old_result(client: FlaskClient) -> None:
-
+def test_a_stale_low_result_is_a_recheck_warning_with_its_date(client: FlaskClient) -> None:
+    # Issue 12: critical only on current data; an eGFR of 22 over 12 months old asks for a
+    # new result instead of a contraindication.
     body = load_request("02-aluminium-egfr-22")
     for entry in body["prefetch"]["observations"]["entry"]:
         resource = entry["resource"]
         if resource["code"]["coding"][0]["code"] == "98979-8":
             resource["effectiveDateTime"] = "2025-01-10T09:30:00+01:00"
     card = client.post(SERVICE_URL, json=body).json["cards"][0]
-    assert card["indicator"] == "critical"
+    assert card["indicator"] == "warning"
     assert "2025-01-10" in card["summary"]
+    assert "recheck eGFR" in card["summary"]
     assert "more than 12 months ago" in card["detail"]
 
 
@@ -105,3 +127,167 @@ def test_a_failing_rule_does_not_silence_the_others(
     assert "rule calcinosis-type could not run: KeyError" in caplog.text
     assert "secret detail" not in caplog.text
     assert "fix-02" not in caplog.text
+
+
+# --------------------------------------------------------------- severity (issue 12)
+
+COLCHICINE, ALENDRONATE, RISEDRONATE, PROBENECID = "2683", "46041", "73056", "8698"
+ZOLEDRONIC_ACID = ("M05BA08", ATC)
+
+
+def _order(code: str | tuple[str, str]) -> dict[str, Any]:
+    return drug(code[0], system=code[1]) if isinstance(code, tuple) else drug(code)
+
+
+@pytest.mark.parametrize(
+    ("rule", "order", "resources", "variant"),
+    [
+        # current low result: the label row
+        ("colchicine-renal", COLCHICINE, (egfr(25),), "severe-renal"),
+        ("bisphosphonate-renal", ALENDRONATE, (egfr(32),), "not-recommended"),
+        ("bisphosphonate-renal", ZOLEDRONIC_ACID, (egfr(32),), "contraindicated"),
+        ("probenecid-renal", PROBENECID, (egfr(30),), "ineffective"),
+        # current normal result: silent
+        ("colchicine-renal", COLCHICINE, (egfr(70),), None),
+        ("bisphosphonate-renal", ZOLEDRONIC_ACID, (egfr(70),), None),
+        ("probenecid-renal", PROBENECID, (egfr(70),), None),
+        # stale result, normal or low: recheck (never silent, never critical)
+        ("colchicine-renal", COLCHICINE, (egfr(70, days_ago=730),), "stale"),
+        ("colchicine-renal", COLCHICINE, (egfr(20, days_ago=400),), "stale"),
+        ("bisphosphonate-renal", ALENDRONATE, (egfr(70, days_ago=730),), "stale"),
+        ("bisphosphonate-renal", ZOLEDRONIC_ACID, (egfr(20, days_ago=400),), "stale"),
+        ("probenecid-renal", PROBENECID, (egfr(70, days_ago=730),), "stale"),
+        # no renal data: unknown renal function
+        ("colchicine-renal", COLCHICINE, (), "unknown"),
+        ("bisphosphonate-renal", RISEDRONATE, (), "unknown"),
+        ("bisphosphonate-renal", ZOLEDRONIC_ACID, (), "unknown"),
+        ("probenecid-renal", PROBENECID, (), "unknown"),
+        # a coded stage outweighs a stale result: current data again
+        (
+            "colchicine-renal",
+            COLCHICINE,
+            (egfr(70, days_ago=730), condition(ICD10CM, "N18.4", rid="ckd")),
+            "severe-renal",
+        ),
+        (
+            "bisphosphonate-renal",
+            ZOLEDRONIC_ACID,
+            (egfr(70, days_ago=730), condition(ICD10CM, "Z99.2", rid="hd")),
+            "contraindicated",
+        ),
+    ],
+)
+def test_every_renal_row_handles_stale_and_unknown_renal_status(
+    rule: str, order: Any, resources: tuple, variant: str | None
+) -> None:
+    findings = RULES[rule](record(patient(), _order(order), *resources))
+    assert [f.variant for f in findings] == ([variant] if variant else [])
+
+
+def test_colchicine_with_a_strong_inhibitor_is_critical_on_current_renal_data_only() -> None:
+    def variants(*resources: dict[str, Any]) -> list[str]:
+        rec = record(patient(), drug(COLCHICINE, "c"), drug("21212", "k"), *resources)
+        return [f.variant for f in RULES["colchicine-interaction"](rec)]
+
+    assert variants(egfr(45)) == ["contraindicated"]
+    assert variants(egfr(45, days_ago=500)) == ["interaction"]  # stale: not current
+    assert variants() == ["interaction"]  # unknown: the renal rule asks for an eGFR
+    assert variants(egfr(45, days_ago=500), condition(ICD10CM, "N18.32")) == ["contraindicated"]
+
+
+def _hypotension(days_ago: int | None, recorded_days_ago: int | None = None) -> dict[str, Any]:
+    res = condition(SNOMED, "45007003", rid="hypo")
+    if days_ago is not None:
+        res["onsetDateTime"] = (NOW - timedelta(days=days_ago)).date().isoformat()
+    if recorded_days_ago is not None:
+        res["recordedDate"] = (NOW - timedelta(days=recorded_days_ago)).date().isoformat()
+    return res
+
+
+def _systolic(value: float, days_ago: float) -> dict[str, Any]:
+    return observation("8480-6", value, "mm[Hg]", days_ago, f"bp-{value}-{days_ago}")
+
+
+@pytest.mark.parametrize(
+    ("resources", "variant"),
+    [
+        # the issue's patient: "Low blood pressure" coded in 2019, systolic 128 now
+        ((_hypotension(2500, 2500), _systolic(128, 5)), None),
+        ((_hypotension(2500, 2500),), None),  # older than the window, nothing since
+        ((_hypotension(40),), "contraindicated"),  # current, not contradicted
+        ((_hypotension(40), _systolic(85, 2)), "contraindicated"),
+        ((_hypotension(40), _systolic(128, 10)), None),  # a newer normal reading
+        ((_hypotension(40), _systolic(128, 60)), "contraindicated"),  # older than the entry
+        ((_hypotension(2500, 20),), "contraindicated"),  # re-asserted (recorded) recently
+        ((_hypotension(None),), "contraindicated"),  # undated: its age is unknown
+        ((_hypotension(None), _systolic(120, 3)), None),  # undated, a recent normal reading
+        ((_systolic(85, 2),), "low-reading"),  # one low reading: a warning
+        ((_systolic(85, 45),), None),  # an old low reading
+        ((_systolic(90, 2),), None),  # 90 is not below 90
+        ((_hypotension(2500, 2500), _systolic(86, 3)), "low-reading"),
+    ],
+    ids=[
+        "old-entry-normal-now",
+        "old-entry",
+        "current-entry",
+        "current-entry-low-reading",
+        "contradicted",
+        "normal-reading-before-entry",
+        "re-asserted",
+        "undated",
+        "undated-contradicted",
+        "one-low-reading",
+        "old-low-reading",
+        "reading-at-limit",
+        "old-entry-low-reading",
+    ],
+)
+def test_ccb_hypotension_is_critical_only_for_a_current_uncontradicted_hypotension(
+    resources: tuple, variant: str | None
+) -> None:
+    findings = RULES["ccb-hypotension"](record(patient(), drug("3443"), *resources))
+    assert [f.variant for f in findings] == ([variant] if variant else [])
+
+
+def test_the_hypotension_windows_come_from_thresholds() -> None:
+    limits = thresholds()["ccb_hypotension"]
+    rows = load_table()["ccb-hypotension"].rows
+    current = rows[0].when["current_condition"]
+    assert current["max_age_days"] == limits["condition_max_age_days"]
+    assert current["unless_lab_at_least"]["value"] == limits["systolic_below"]
+    assert rows[1].when["lab_below"]["max_age_days"] == limits["reading_max_age_days"]
+
+
+def test_a_threshold_reference_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    table = tmp_path / "safety.yaml"
+    table.write_text(
+        "rules:\n  r:\n    drugs: [diltiazem]\n    sources: [s]\n    rows:\n"
+        "      - {when: {lab_below: {concept: systolic-bp, value: $nope.x, max_age_days: 1}},"
+        " variant: v}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ValueError, match=r"\$nope\.x"):
+        load_table.__wrapped__(table)
+
+
+def _critical_rows() -> list[tuple[str, str, str | None]]:
+    library = CardLibrary(DEFAULT_CARDS_DIR, Terminology.load())
+    found = []
+    for rule in load_table().values():
+        variants = library.cards[rule.id].data["variants"]
+        for row in rule.rows:
+            if variants[row.variant]["indicator"] == "critical":
+                found.append((rule.id, row.variant, row.label))
+    return found
+
+
+def test_every_critical_row_names_its_label_contraindication_and_is_listed() -> None:
+    rows = _critical_rows()
+    assert rows, "the table has critical rows"
+    section = (Path(__file__).parents[1] / "docs" / "knowledge.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `([a-z-]+)` \| `([a-z-]+)` \|", section, re.MULTILINE))
+    for rule, variant, label in rows:
+        assert label, (rule, variant)
+        assert re.search(r"label|RCP|SmPC", label), (rule, variant)
+        assert (rule, variant) in listed, f"docs/knowledge.md does not list {rule} {variant}"
+    assert listed == {(rule, variant) for rule, variant, _ in rows}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,75 @@ def test_jwt_needs_trusted_issuers() -> None:
         Settings.from_env({"CDS_AUTH": "jwt"})
     with pytest.raises(SettingsError, match="CDS_AUTH"):
         Settings.from_env({"CDS_AUTH": "basic"})
+
+
+def test_snooze_defaults_follow_the_severity() -> None:
+    settings = Settings.from_env({})
+    with_reason = {i: settings.snooze_for(i, reason=True) for i in ("critical", "warning", "info")}
+    without = {i: settings.snooze_for(i, reason=False) for i in ("critical", "warning", "info")}
+    assert with_reason == {
+        "critical": timedelta(hours=24),
+        "warning": timedelta(days=7),
+        "info": timedelta(days=30),
+    }
+    assert without == {
+        "critical": timedelta(hours=1),
+        "warning": timedelta(days=1),
+        "info": timedelta(days=7),
+    }
+    assert settings.snooze_encounter_bound == ("critical",)
+    # An indicator the service does not issue is snoozed as a critical card.
+    assert settings.snooze_for("urgent", reason=True) == timedelta(hours=24)
+
+
+def test_snooze_settings_from_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "CDS_SNOOZE_CRITICAL": "12h",
+            "CDS_SNOOZE_WARNING": "3d",
+            "CDS_SNOOZE_INFO": "14d",
+            "CDS_SNOOZE_NO_REASON_CRITICAL": "0",
+            "CDS_SNOOZE_NO_REASON_WARNING": "90m",
+            "CDS_SNOOZE_NO_REASON_INFO": "2D",
+            "CDS_SNOOZE_ENDS_WITH_ENCOUNTER": "critical, Warning",
+        }
+    )
+    assert (settings.snooze_critical, settings.snooze_warning, settings.snooze_info) == (
+        timedelta(hours=12),
+        timedelta(days=3),
+        timedelta(days=14),
+    )
+    assert (
+        settings.snooze_no_reason_critical,
+        settings.snooze_no_reason_warning,
+        settings.snooze_no_reason_info,
+    ) == (timedelta(0), timedelta(minutes=90), timedelta(days=2))
+    assert settings.snooze_encounter_bound == ("critical", "warning")
+    assert (
+        Settings.from_env({"CDS_SNOOZE_ENDS_WITH_ENCOUNTER": "none"}).snooze_encounter_bound == ()
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CDS_SNOOZE_CRITICAL": "24"}, "CDS_SNOOZE_CRITICAL must be a duration"),
+        ({"CDS_SNOOZE_WARNING": "1.5d"}, "CDS_SNOOZE_WARNING must be a duration"),
+        ({"CDS_SNOOZE_INFO": "-1d"}, "CDS_SNOOZE_INFO must be a duration"),
+        ({"CDS_SNOOZE_INFO": "a week"}, "CDS_SNOOZE_INFO must be a duration"),
+        ({"CDS_SNOOZE_INFO": "400d"}, "CDS_SNOOZE_INFO must be between 0 and 365d"),
+        (
+            {"CDS_SNOOZE_NO_REASON_WARNING": "30d"},
+            "CDS_SNOOZE_NO_REASON_WARNING must not be longer than CDS_SNOOZE_WARNING",
+        ),
+        (
+            {"CDS_SNOOZE_CRITICAL": "30m"},
+            "CDS_SNOOZE_NO_REASON_CRITICAL must not be longer than CDS_SNOOZE_CRITICAL",
+        ),
+        ({"CDS_SNOOZE_ENDS_WITH_ENCOUNTER": "urgent"}, "CDS_SNOOZE_ENDS_WITH_ENCOUNTER"),
+        ({"CDS_SNOOZE_DAYS": "30"}, "CDS_SNOOZE_DAYS is no longer read: use CDS_SNOOZE_CRITICAL"),
+    ],
+)
+def test_bad_snooze_settings_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)

@@ -1,7 +1,10 @@
 """The treatment-safety table (knowledge/safety.yaml): its model and its loader.
 
 Read once per process and checked: unknown criteria, rows naming drugs or partners the rule
-does not check, rules without sources. The engine that applies it is
+does not check, rules without sources, references to thresholds that do not exist (a row
+whose card is critical must also name its label contraindication in ``label``: a test holds
+it). A value written ``$section.key`` is read from thresholds.yaml
+(so a window or a limit lives in one place). The engine that applies it is
 cds_service/rules/treatment_safety.py.
 """
 
@@ -15,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from cds_service.knowledge.loader import thresholds
+
 TABLE_FILE = Path(__file__).resolve().parent / "safety.yaml"
 CRITERIA = frozenset(
     {
@@ -23,6 +28,7 @@ CRITERIA = frozenset(
         "renal_stale",
         "renal_unknown",
         "condition",
+        "current_condition",
         "lab_below",
         "partner",
         "any",
@@ -40,6 +46,8 @@ class Row:
     drug: str | None = None
     params: Mapping[str, Any] | None = None
     partners: tuple[str, ...] = ()  # interaction rows: only with these partners
+    # A critical row names the label contraindication it applies (docs/knowledge.md lists them).
+    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,22 @@ def _check_criterion(where: str, when: Mapping[str, Any]) -> None:
             _check_criterion(f"{where}.{key}[{i}]", sub)
 
 
+def resolve(where: str, value: Any) -> Any:
+    """The value with every ``$section.key`` string replaced by that threshold."""
+    if isinstance(value, Mapping):
+        return {k: resolve(f"{where}.{k}", v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(f"{where}[{i}]", v) for i, v in enumerate(value)]
+    if isinstance(value, str) and value.startswith("$"):
+        found: Any = thresholds()
+        for part in value[1:].split("."):
+            if not isinstance(found, Mapping) or part not in found:
+                raise ValueError(f"safety.yaml {where}: no threshold {value} in thresholds.yaml")
+            found = found[part]
+        return found
+    return value
+
+
 @cache
 def load_table(path: Path = TABLE_FILE) -> dict[str, SafetyRule]:
     """The table, checked (unknown criteria, rows naming a drug the rule does not check)."""
@@ -73,14 +97,23 @@ def load_table(path: Path = TABLE_FILE) -> dict[str, SafetyRule]:
         drugs = tuple(spec["drugs"])
         rows = []
         for i, row in enumerate(spec["rows"]):
-            _check_criterion(f"{rule_id}.rows[{i}]", row["when"])
+            where = f"{rule_id}.rows[{i}]"
+            _check_criterion(where, row["when"])
+            when = resolve(where, row["when"])
             if row.get("drug") and row["drug"] not in drugs:
                 raise ValueError(f"safety.yaml {rule_id}.rows[{i}]: drug not in the rule's drugs")
             row_partners = tuple(row.get("partners", ()))
             if set(row_partners) - set(spec.get("partners", ())):
                 raise ValueError(f"safety.yaml {rule_id}.rows[{i}]: partners not in the rule's")
             rows.append(
-                Row(row["when"], row["variant"], row.get("drug"), row.get("params"), row_partners)
+                Row(
+                    when,
+                    row["variant"],
+                    row.get("drug"),
+                    resolve(where, row.get("params")),
+                    row_partners,
+                    row.get("label"),
+                )
             )
         if not spec.get("sources"):
             raise ValueError(f"safety.yaml {rule_id}: every rule cites its sources")
@@ -97,6 +130,7 @@ def table_valuesets() -> set[str]:
 
     def walk(when: Mapping[str, Any]) -> None:
         names.update(when.get("condition", ()))
+        names.update(when.get("current_condition", {}).get("condition", ()))
         for key in ("any", "all"):
             for sub in when.get(key, ()):
                 walk(sub)

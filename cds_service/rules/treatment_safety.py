@@ -9,11 +9,19 @@ rule's drugs, and a row's criterion holds (the first that holds wins).
 Then: one finding per order (per pair for interactions), naming the order, the criterion and
 its evidence. See the table for each rule's sources (seed 002, KDIGO, Colcrys, Cartia XT,
 Minocin and probenecid labels, bisphosphonate labels as quoted).
+
+Severity (issue 12): a critical row applies a label contraindication to current data only.
+``renal_below`` reads a current renal status (a recent laboratory result, a coded stage,
+dialysis), never a stale result: a result older than 12 months matches ``renal_stale`` (a
+"recheck" warning) and no renal data ``renal_unknown``. ``current_condition`` reads a coded
+condition only while it is recent and not contradicted by a newer reading (a hypotension
+coded years ago, with a normal pressure since, is not today's hypotension).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import Any
 
 from cds_service.fhir.record import DataNote, MedicationFact, PatientRecord
@@ -38,13 +46,13 @@ RENAL_CONCEPTS = frozenset(
 
 
 def renal_bound(renal: RenalStatus) -> float | None:
-    """The eGFR the renal status stands for (a stale result counts, with its date on the
-    card); None when nothing is known."""
+    """The eGFR the current renal status stands for; None when nothing current is known (no
+    renal data, or only a stale result: ``renal_stale`` rows handle it)."""
     if renal.dialysis:
         return 0.0
     if renal.source == "coded":
         return CODED_STAGE_BOUND[renal.category]
-    if renal.source in ("measured", "computed"):
+    if renal.source in ("measured", "computed") and not renal.stale:
         return renal.rule_egfr  # "<15" is just below 15, ">60" just above 60
     return None
 
@@ -90,6 +98,8 @@ def _one(key: str, value: Any, record: PatientRecord) -> tuple[bool, list[Any]]:
     if key == "condition":
         found = [c for vs in value for c in record.conditions_in(vs)]
         return bool(found), found
+    if key == "current_condition":
+        return _current_condition(value, record)
     if key == "lab_below":
         lab = record.labs.get(value["concept"])
         recent = lab is not None and (record.now - lab.when).days <= value["max_age_days"]
@@ -112,6 +122,35 @@ def _one(key: str, value: Any, record: PatientRecord) -> tuple[bool, list[Any]]:
             evidence += found
         return True, evidence
     raise ValueError(f"unknown criterion {key}")  # load_table() prevents this
+
+
+def _current_condition(value: Mapping[str, Any], record: PatientRecord) -> tuple[bool, list[Any]]:
+    """An active condition of the value sets that is current: asserted (latest of onset and
+    recordedDate) within ``max_age_days``, or undated; and not contradicted by the latest
+    reading of ``unless_lab_at_least.concept`` at or above its value, taken after the
+    assertion (after ``max_age_days`` ago for an undated condition). Evidence: the condition,
+    then the latest reading when it agrees (below the value, within the reading's own
+    ``max_age_days``)."""
+    max_age = value["max_age_days"]
+    unless = value.get("unless_lab_at_least")
+    lab = record.labs.get(unless["concept"]) if unless else None
+    today = record.now.date()
+    for condition in (c for vs in value["condition"] for c in record.conditions_in(vs)):
+        asserted = condition.asserted
+        if asserted is not None and (today - asserted).days > max_age:
+            continue  # an old entry: not today's state
+        if unless and lab is not None and lab.value >= unless["value"]:
+            since = asserted if asserted is not None else today - timedelta(days=max_age)
+            if lab.when.date() >= since and lab.comparator not in ("<", "<="):
+                continue  # a newer normal reading contradicts it
+        agrees = (
+            lab is not None
+            and unless is not None
+            and lab.value < unless["value"]
+            and (today - lab.when.date()).days <= unless.get("max_age_days", max_age)
+        )
+        return True, [condition, *([lab] if agrees else [])]
+    return False, []
 
 
 # --------------------------------------------------------------------------- rules
