@@ -138,6 +138,8 @@ class CardLibrary:
                     _text(sug.get("code_text"), lang, f"{where}: suggestions.{key}.code_text")
             for feature, step in (data.get("steps") or {}).items():
                 _text(step, lang, f"{where}: steps.{feature}")
+            for key, line in (data.get("context") or {}).items():
+                _text(line, lang, f"{where}: context.{key}")
             for name, variant in (data.get("variants") or {}).items():
                 at = f"{where}: variants.{name}"
                 if variant.get("indicator") not in INDICATORS:
@@ -160,6 +162,10 @@ class Renderer:
 
     # ------------------------------------------------------------------ public
 
+    def indicator(self, finding: Finding) -> str:
+        """The indicator of the card a finding gets (its variant's, in cards/<rule>.yaml)."""
+        return str(self.library.cards[finding.rule].variant(finding.variant)["indicator"])
+
     def render(
         self,
         finding: Finding,
@@ -168,27 +174,48 @@ class Renderer:
         withheld: Mapping[str, Withheld] | None = None,
     ) -> dict[str, Any]:
         """One card. `withheld`: the drugs not to propose to this patient (rules/coherence.py);
-        a suggestion proposing one is left out and the detail says why in one line."""
+        a suggestion proposing one is left out and the detail says why in one line.
+
+        A finding that carries others about the same order (`also`, rules/card_set.py) gives
+        one card: the lead's text, one "Also:" line per other finding, the suggestions of all
+        (an action already offered is not offered twice), their override reasons, links and
+        references."""
         content = self.library.cards[finding.rule]
         variant = content.variant(finding.variant)
-        fmt = _Formatter(self.library, lang, content.data.get("steps"))
+        fmt = _Formatter(self.library, lang, content.data.get("steps"), content.data.get("context"))
         values = fmt.values(finding.facts)
-        keys = tuple(variant.get("suggestions") or ())
-        held = self._held(content, keys, finding, withheld or {})
-        suggestions = [
-            s
-            for key in keys
-            if key not in held
-            for s in self._suggestions(content, key, variant, finding, lang, patient_id)
+        parts = [(finding, content, variant)] + [
+            (a, self.library.cards[a.rule], self.library.cards[a.rule].variant(a.variant))
+            for a in finding.also
         ]
-        once = {w.valueset: w for w in held.values()}  # two suggestions may propose one drug
-        not_proposed = [fmt.not_proposed(w) for w in once.values()]
+        suggestions: list[dict[str, Any]] = []
+        held_all: list[Withheld] = []
+        offered: set[tuple[Any, ...]] = set()
+        for n, (part, part_content, part_variant) in enumerate(parts):
+            keys = tuple(part_variant.get("suggestions") or ())
+            held = self._held(part_content, keys, part, withheld or {})
+            held_all.extend(held.values())
+            specs = part_content.data.get("suggestions") or {}
+            identities = {key: _action_identity(specs[key], part) for key in keys}
+            for key in keys:
+                if key in held or identities[key] in offered:
+                    continue  # withheld, or already offered by a more severe finding
+                made = self._suggestions(part_content, key, part_variant, part, lang, patient_id)
+                for suggestion in made if n else ():
+                    suggestion.pop("isRecommended", None)  # the lead's recommendation only
+                suggestions.extend(made)
+            offered.update(identities.values())
+        once = {w.valueset: w for w in held_all}  # two suggestions may propose one drug
+        not_proposed = [
+            *(self._also_line(part, c, v, lang) for part, c, v in parts[1:]),
+            *(fmt.not_proposed(w) for w in once.values()),
+        ]
         summary = shorten(" ".join(variant["summary"][lang].format_map(values).split()))
         card: dict[str, Any] = {
             "uuid": str(uuid.uuid4()),
             "summary": summary,
             "indicator": variant["indicator"],
-            "detail": self._detail(content, variant, finding, fmt, values, not_proposed),
+            "detail": self._detail(content, variant, finding, fmt, values, not_proposed, parts[1:]),
             "source": {
                 "label": content.data["source"]["label"][lang],
                 **({"url": url} if (url := content.data["source"].get("url")) else {}),
@@ -202,17 +229,26 @@ class Renderer:
         if suggestions:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "any"
-        if reasons := content.data.get("override_reasons"):
+        reasons = _merged((c.data.get("override_reasons") or () for _, c, _ in parts), "code")
+        if reasons:
             card["overrideReasons"] = [
                 {"system": OVERRIDE_SYSTEM, "code": r["code"], "display": r["display"][lang]}
                 for r in reasons
             ]
-        if links := content.data.get("links"):
+        if links := _merged((c.data.get("links") or () for _, c, _ in parts), "url"):
             card["links"] = [
                 {"label": link["label"][lang], "url": link["url"], "type": "absolute"}
                 for link in links
             ]
         return card
+
+    def _also_line(
+        self, finding: Finding, content: CardContent, variant: Mapping[str, Any], lang: str
+    ) -> str:
+        """Another finding about the same order, in one line: "Also: <its summary>"."""
+        fmt = _Formatter(self.library, lang, content.data.get("steps"))
+        summary = " ".join(variant["summary"][lang].format_map(fmt.values(finding.facts)).split())
+        return fmt.t("also", "line").format(summary=summary)
 
     # ------------------------------------------------------------------ parts
 
@@ -224,7 +260,11 @@ class Renderer:
         fmt: _Formatter,
         values: Mapping[str, str],
         not_proposed: Sequence[str] = (),
+        also: Sequence[tuple[Finding, CardContent, Mapping[str, Any]]] = (),
     ) -> str:
+        """The detail. `not_proposed`: one-line notes after the text ("Also:" lines, drugs not
+        proposed); `also`: the findings merged into this card, whose evidence levels and
+        references follow the lead's and whose rule ids the footer names."""
         lang = fmt.lang
         heads = self.common["headings"]
         parts = [variant["detail"][lang].format_map(values).strip(), *not_proposed]
@@ -234,10 +274,25 @@ class Renderer:
             parts.append(f"**{heads['evidence'][lang]}**\n\n" + "\n".join(lines))
         level = content.data["evidence_level"][lang]
         parts.append(f"**{heads['evidence_level'][lang]}**{heads['colon'][lang]}{level}")
-        if refs := content.data.get("references"):
-            items = "\n".join(f"- {r[lang]}" for r in refs)
+        others = list({c.rule: c for _, c, _ in also if c.rule != content.rule}.values())
+        for other in others:  # each merged rule's own evidence level, named by its title
+            parts.append(
+                fmt.t("also", "evidence_level").format(
+                    title=other.data["title"][lang], level=other.data["evidence_level"][lang]
+                )
+            )
+        refs = [r[lang] for c in (content, *others) for r in c.data.get("references") or ()]
+        if refs:
+            items = "\n".join(f"- {r}" for r in dict.fromkeys(refs))
             parts.append(f"**{heads['references'][lang]}**\n\n{items}")
-        footer = heads["footer"][lang].format(rule=finding.rule, version=self.library.version)
+        if others:
+            footer = fmt.t("also", "footer").format(
+                rule=finding.rule,
+                also=", ".join(f"`{c.rule}`" for c in others),
+                version=self.library.version,
+            )
+        else:
+            footer = heads["footer"][lang].format(rule=finding.rule, version=self.library.version)
         parts.append(f"_{footer}_")
         return "\n\n".join(parts)
 
@@ -355,6 +410,29 @@ class Renderer:
         return suggestion
 
 
+def _action_identity(spec: Mapping[str, Any], finding: Finding) -> tuple[Any, ...]:
+    """What a suggestion does, whoever offers it: two cards merged into one (rules/card_set.py)
+    offer "stop this order" or "order creatinine" once."""
+    drug = finding.facts.get("drug")
+    target = drug.ref if isinstance(drug, MedicationFact) else None
+    code = spec.get("code_text") or {}
+    return (
+        spec["action"],
+        spec.get("valueset"),
+        code.get("en") if isinstance(code, Mapping) else None,
+        target if spec["action"] == "stop-medication" else None,
+    )
+
+
+def _merged(groups: Iterable[Iterable[Mapping[str, Any]]], key: str) -> list[Mapping[str, Any]]:
+    """Items of several card files, in order, the first of each `key` only."""
+    merged: dict[Any, Mapping[str, Any]] = {}
+    for group in groups:
+        for item in group:
+            merged.setdefault(item[key], item)
+    return list(merged.values())
+
+
 def _applies(spec: Mapping[str, Any], finding: Finding) -> bool:
     """A suggestion tied to a lesion feature applies only when the patient has it."""
     return "feature" not in spec or spec["feature"] in finding.facts.get("features", ())
@@ -409,12 +487,17 @@ class _Formatter:
     """Locale-aware formatting of record facts for one card."""
 
     def __init__(
-        self, library: CardLibrary, lang: str, card_steps: Mapping[str, Any] | None = None
+        self,
+        library: CardLibrary,
+        lang: str,
+        card_steps: Mapping[str, Any] | None = None,
+        card_context: Mapping[str, Any] | None = None,
     ) -> None:
         self.library = library
         self.common = library.common
         self.lang = lang
         self.card_steps = card_steps  # the card's `steps` (lesion features), if any
+        self.card_context = card_context  # the card's `context` lines (by disease), if any
 
     def t(self, *path: str) -> str:
         node: Any = self.common
@@ -531,6 +614,9 @@ class _Formatter:
             steps = self.card_steps or {}
             lines = [steps[f][self.lang] for f in facts["features"] if f in steps]
             values["steps"] = "\n".join(f"- {line}" for line in lines)
+            values["step_count"] = self.count("steps", len(lines))
+        if isinstance(facts.get("context"), str) and self.card_context:
+            values["context"] = self.card_context[facts["context"]][self.lang].strip()
         if facts.get("notes"):
             values["notes_summary"] = self.notes_summary(tuple(facts["notes"]))
         if "abnormalities" in facts:

@@ -26,7 +26,7 @@ from cds_service.hooks.validation import first_violation
 from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.safety import table_valuesets
 from cds_service.observability import Metrics, create_metrics
-from cds_service.rules import coherence, data_notes
+from cds_service.rules import card_set, coherence, data_notes, info_card
 from cds_service.rules.base import Finding
 from cds_service.settings import DEVELOPMENT_HASH_KEY, Settings
 from cds_service.store import FeedbackEntry, IssuedCard, Store
@@ -71,6 +71,9 @@ class CdsEngine:
             settings.hash_key,
             timedelta(minutes=settings.repeat_window_minutes),
             SnoozePolicy.from_settings(settings),
+            intervals={
+                info_card.RISK_SCREENING: timedelta(days=settings.risk_screening_interval_days)
+            },
         )
         if settings.hash_key == DEVELOPMENT_HASH_KEY:
             log.warning("CDS_HASH_KEY is not set: using the development key")
@@ -148,7 +151,15 @@ class CdsEngine:
         if record.patient.deceased:  # no advice about a deceased patient (issue 11)
             return Evaluation({"cards": []}, ())
         encounter_id = str(body["context"].get("encounterId", ""))
-        fired = data_notes.attach(rules.run(service.rules, record), record)
+        composed = info_card.compose(service.hook, rules.run(service.rules, record))
+        fired = data_notes.attach(composed, record)
+        # One safety card per order; standing interactions quiet at patient-view (issue 12).
+        fired = card_set.compose(
+            fired,
+            service.hook,
+            self.renderer.indicator,
+            quiet_standing=self.settings.quiet_standing_interactions,
+        )
         findings = self._unrepeated(service.hook, patient_id, encounter_id, fired, now)
 
         # No card proposes a drug the patient takes or the safety table flags (issue 12).
@@ -172,6 +183,7 @@ class CdsEngine:
                 subject_key=self.suppression.subject_key(patient_id, findings[i]),
                 evidence_hash=evidence_fingerprint(findings[i]),
                 encounter_key=self.suppression.encounter_key(patient_id, encounter_id),
+                also_rules=",".join(a.rule for a in findings[i].also) or None,
             )
             for i in order
         )

@@ -27,6 +27,7 @@ INTEGER_SETTINGS = (
     ("CDS_FHIR_DEADLINE_MS", "fhir_deadline_ms"),
     ("CDS_FHIR_PAGE_LIMIT", "fhir_page_limit"),
     ("CDS_REPEAT_WINDOW_MINUTES", "repeat_window_minutes"),
+    ("CDS_RISK_SCREENING_INTERVAL_DAYS", "risk_screening_interval_days"),
 )
 DEVELOPMENT_HASH_KEY = "calcinosis-cds-development-key"
 
@@ -104,6 +105,12 @@ class Settings:
     # Key of the HMACs that stand for patients in the store; set your own in production.
     hash_key: str = field(default=DEVELOPMENT_HASH_KEY, repr=False)
     repeat_window_minutes: int = 60  # order-select caution not repeated at order-sign
+    # The calcinosis risk-screening card is shown at most once per patient in this many days
+    # (0: at every chart opening); see docs/knowledge.md, "Card set".
+    risk_screening_interval_days: int = 365
+    # An interaction caution between two drugs already active, not critical, is shown at
+    # patient-view once, then only when its evidence changes (off: at every chart opening).
+    quiet_standing_interactions: bool = True
     # A patient-view card overridden with a reason is not shown again for this long, by
     # indicator, unless its evidence changes (0: not snoozed).
     snooze_critical: timedelta = timedelta(hours=24)
@@ -147,6 +154,8 @@ class Settings:
         ):
             if value < 1:
                 raise SettingsError(f"{name} must be a positive integer")
+        if self.risk_screening_interval_days < 0:
+            raise SettingsError("CDS_RISK_SCREENING_INTERVAL_DAYS must not be negative")
         self._check_snoozes()
         for server in self.fhir_servers:
             if not server.startswith(("https://", "http://")):
@@ -261,6 +270,8 @@ class Settings:
             kwargs["log_format"] = log_format.strip().lower()
         if metrics := env.get("CDS_METRICS"):
             kwargs["metrics"] = _flag("CDS_METRICS", metrics)
+        if quiet := env.get("CDS_QUIET_STANDING_INTERACTIONS"):
+            kwargs["quiet_standing_interactions"] = _flag("CDS_QUIET_STANDING_INTERACTIONS", quiet)
         return cls(**kwargs)  # type: ignore[arg-type]
 
     def now(self) -> datetime:

@@ -54,13 +54,18 @@ issued_cards = Table(
     Column("subject_key", String(64), nullable=True),  # HMAC(patient, rule, order)
     Column("evidence_hash", String(64), nullable=True),
     Column("encounter_key", String(64), nullable=True),  # HMAC(patient, encounter); None: none
+    # The other rules merged into this card (rules/card_set.py), comma-separated; None: none.
+    Column("also_rules", String(512), nullable=True),
 )
 
 shown_cautions = Table(
     "shown_cautions",
     metadata,
-    Column("key", String(64), primary_key=True),  # HMAC(patient, encounter, rule, drug)
-    Column("fingerprint", String(64), nullable=False),  # what the order said
+    # HMAC(patient, encounter, rule, drug): a caution shown at order-select, fingerprint = what
+    # the order said; or HMAC(patient, rule, order): a standing interaction shown at
+    # patient-view, fingerprint = its evidence (suppression.py).
+    Column("key", String(64), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
     Column("shown_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -137,6 +142,7 @@ class IssuedCard:
     subject_key: str | None = None
     evidence_hash: str | None = None
     encounter_key: str | None = None  # the encounter it was shown in (None: not named)
+    also_rules: str | None = None  # rules merged into the card, comma-separated (card_set.py)
 
 
 @dataclass(frozen=True)
@@ -236,6 +242,20 @@ class Store:
                 .first()
             )
         return IssuedCard(**row) if row else None
+
+    def issued_since(self, subject_keys: Iterable[str], since: datetime) -> set[str]:
+        """Which of these subject keys (HMAC of patient and rule) had a card issued at or
+        after `since`."""
+        keys = set(subject_keys)
+        if not keys:
+            return set()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(issued_cards.c.subject_key, issued_cards.c.issued_at).where(
+                    issued_cards.c.subject_key.in_(keys)
+                )
+            ).all()
+        return {r.subject_key for r in rows if as_utc(r.issued_at) >= since}
 
     def record_feedback(self, entries: Iterable[FeedbackEntry]) -> None:
         """Store feedback entries, all or none."""

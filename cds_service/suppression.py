@@ -8,12 +8,21 @@
   with a reason given, 24 hours for a critical card (and only in the same encounter), 7 days for
   a warning, 30 days for an info card; without one (a plain "Dismiss"), 1 hour (same encounter),
   1 day and 7 days. All are settings (``CDS_SNOOZE_*``).
+- **At most once in a while** (patient-view): a card whose rule has an interval (the calcinosis
+  risk screening: 365 days, ``CDS_RISK_SCREENING_INTERVAL_DAYS``) is not shown again for the
+  same patient until that long after it was last issued, whatever its evidence.
 - **Evidence** is everything the card rests on: every fact in the finding's evidence and facts,
   field by field (a condition, a laboratory or coded result, an order, a procedure, the renal
   status, a data note...). Any change, a new result, another status, another order, ends the
   snooze.
+- **Standing interactions** (patient-view, issue 12): an interaction caution between two drugs
+  already active (rules/card_set.py marks it ``quiet_unless_changed``; never a critical one) is
+  shown when its evidence fingerprint differs from the one last shown for this patient, order
+  and rule: a first showing counts as changed, so it is shown once, then only when something
+  changes (another dose, a new result, a new partner...). The order hooks show it whenever one
+  of the two drugs is ordered.
 
-Both memories live in the store, so they hold across workers and instances. Patients (and
+All these memories live in the store, so they hold across workers and instances. Patients (and
 encounters) appear there only as HMAC-SHA256 keys under ``CDS_HASH_KEY``; fingerprints are
 SHA-256 digests of what a clinician would call "the same order" or "the same evidence".
 """
@@ -125,11 +134,13 @@ def _sort_key(value: Any) -> str:
 
 
 def evidence_fingerprint(finding: Finding, *, strict: bool = False) -> str:
-    """The evidence a card rests on: its rule, variant, evidence and facts, in full. A new
-    result, another status, another order or a new note changes it."""
-    return _sha256(
-        canonical([finding.rule, finding.variant, finding.evidence, finding.facts], strict=strict)
-    )
+    """The evidence a card rests on: its rule, variant, evidence and facts, in full, and those
+    of the findings merged into its card (``also``). A new result, another status, another order
+    or a new note changes it."""
+    parts: list[Any] = [finding.rule, finding.variant, finding.evidence, finding.facts]
+    if finding.also:  # a card of one finding keeps the fingerprint it always had
+        parts.append([[a.rule, a.variant, a.evidence, a.facts] for a in finding.also])
+    return _sha256(canonical(parts, strict=strict))
 
 
 def override_explained(override_reason: Mapping[str, Any] | None) -> bool:
@@ -171,12 +182,19 @@ class SnoozePolicy:
 
 class Suppression:
     def __init__(
-        self, store: Store, hash_key: str, repeat_window: timedelta, snooze: SnoozePolicy
+        self,
+        store: Store,
+        hash_key: str,
+        repeat_window: timedelta,
+        snooze: SnoozePolicy,
+        intervals: Mapping[str, timedelta] | None = None,
     ) -> None:
         self.store = store
         self._key = hash_key.encode()
         self.repeat_window = repeat_window
         self.snooze = snooze
+        # rule id -> how long after its card was issued it stays unshown for that patient
+        self.intervals = {r: d for r, d in (intervals or {}).items() if d > timedelta(0)}
 
     def _hmac(self, *parts: str) -> str:
         return hmac.new(self._key, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()
@@ -197,6 +215,12 @@ class Suppression:
         drug = _drug(finding)
         identity = ",".join(sorted(drug.valuesets)) if drug else ""
         return self._hmac("caution", patient_id, encounter_id, finding.rule, identity)
+
+    def standing_key(self, patient_id: str, finding: Finding) -> str:
+        """A standing interaction caution: patient, rule and the order it is about (in any
+        encounter: it is quiet until its evidence changes, not for a while)."""
+        drug = _drug(finding)
+        return self._hmac("standing", patient_id, finding.rule, drug.ref if drug else "")
 
     # ------------------------------------------------------------------ per hook
 
@@ -219,14 +243,46 @@ class Suppression:
                     kept.append(finding)
             return kept
         if hook == "patient-view":
+            findings = self._not_recently_issued(patient_id, findings, now)
             cards = [(self.subject_key(patient_id, f), evidence_fingerprint(f)) for f in findings]
             encounter = self.encounter_key(patient_id, encounter_id)
             snoozed = self.store.snoozed(cards, now, encounter)
             for finding, card in zip(findings, cards, strict=True):
                 if card in snoozed:
                     log.info("suppressed snoozed %s at patient-view", finding.rule)
-            return [f for f, card in zip(findings, cards, strict=True) if card not in snoozed]
+            kept = [f for f, card in zip(findings, cards, strict=True) if card not in snoozed]
+            return [f for f in kept if not self._standing_unchanged(patient_id, f)]
         return findings
+
+    def _standing_unchanged(self, patient_id: str, finding: Finding) -> bool:
+        """A standing interaction shown before with the same evidence."""
+        if not finding.quiet_unless_changed:
+            return False
+        shown = self.store.caution(self.standing_key(patient_id, finding))
+        if shown is None or shown[0] != evidence_fingerprint(finding):
+            return False
+        log.info("suppressed unchanged standing %s at patient-view", finding.rule)
+        return True
+
+    def _not_recently_issued(
+        self, patient_id: str, findings: list[Finding], now: datetime
+    ) -> list[Finding]:
+        """Drop the findings of rules with an interval whose card this patient was issued
+        within that interval."""
+        timed = [f for f in findings if f.rule in self.intervals]
+        if not timed:
+            return findings
+        recent: set[str] = set()
+        for finding in timed:
+            key = self.subject_key(patient_id, finding)
+            recent |= self.store.issued_since([key], now - self.intervals[finding.rule])
+        kept = []
+        for finding in findings:
+            if finding.rule in self.intervals and self.subject_key(patient_id, finding) in recent:
+                log.info("suppressed %s: issued within its interval", finding.rule)
+            else:
+                kept.append(finding)
+        return kept
 
     def _shown_at_select(
         self, patient_id: str, encounter_id: str, finding: Finding, now: datetime
@@ -247,7 +303,15 @@ class Suppression:
         findings: Iterable[Finding],
         now: datetime,
     ) -> None:
-        """At order-select, remember the cautions shown about draft orders."""
+        """At order-select, remember the cautions shown about draft orders; at patient-view, the
+        evidence of the standing interactions shown."""
+        if hook == "patient-view":
+            for finding in findings:
+                if finding.quiet_unless_changed:
+                    self.store.remember_caution(
+                        self.standing_key(patient_id, finding), evidence_fingerprint(finding), now
+                    )
+            return
         if hook != "order-select":
             return
         for finding in findings:

@@ -70,7 +70,7 @@ def calcinosis(text: str = "Calcinosis cutis, inflamed") -> dict[str, Any]:
 
 
 def inflamed(*more: dict[str, Any]) -> list[dict[str, Any]]:
-    """SSc with an inflamed calcinosis: the lesion card proposes colchicine and minocycline."""
+    """SSc with an inflamed calcinosis: the synthesis card proposes colchicine and minocycline."""
     return [h.patient(), ssc(), calcinosis(), *more]
 
 
@@ -256,7 +256,7 @@ def test_the_hypothetical_order_never_takes_a_real_reference() -> None:
 
 
 def lesion_finding(name: str) -> Any:
-    (finding,) = RULES["calcinosis-lesion"](probe_record(name))
+    (finding,) = RULES["calcinosis-synthesis"](probe_record(name))
     return finding
 
 
@@ -313,7 +313,7 @@ def test_without_withheld_drugs_both_are_proposed() -> None:
 def test_the_card_says_why_in_one_line(probe: str, en: list[str], fr: list[str]) -> None:
     rec = probe_record(probe)
     withheld = coherence.withheld_proposals(rec, PROPOSABLE)
-    (finding,) = RULES["calcinosis-lesion"](rec)
+    (finding,) = RULES["calcinosis-synthesis"](rec)
     for lang, wanted in (("en", en), ("fr", fr)):
         card = RENDERER.render(finding, lang, h.PID, withheld)
         lines = not_proposed_lines(card, lang)
@@ -334,7 +334,7 @@ def test_a_withheld_drug_the_card_would_not_propose_is_not_mentioned() -> None:
         h.condition(h.SNOMED, "266261006", rid="r"),  # Raynaud's phenomenon
         h.egfr(20),
     )
-    (finding,) = RULES["calcinosis-lesion"](rec)
+    (finding,) = RULES["calcinosis-synthesis"](rec)
     withheld = coherence.withheld_proposals(rec, PROPOSABLE)
     assert "colchicine" in withheld
     card = RENDERER.render(finding, "en", h.PID, withheld)

@@ -272,7 +272,10 @@ def test_cards_from_the_fhir_server_equal_cards_from_prefetch(
     body.pop("prefetch")
     body["fhirServer"] = sekmet
     body["fhirAuthorization"] = fhir_authorization(SEKMET_TOKEN)
-    with app_with(tmp_path, fhir_servers=(sekmet,)) as app:
+    # Both calls on one store: cards that are shown once and then only when something changes
+    # (standing interactions, yearly risk screening) must show on the second call too.
+    quiet = {"quiet_standing_interactions": False, "risk_screening_interval_days": 0}
+    with app_with(tmp_path, fhir_servers=(sekmet,), **quiet) as app:
         client = app.test_client()
         full = client.post(SERVICE_URL, json=load_request(name))
         fetched = client.post(SERVICE_URL, json=body)

@@ -12,7 +12,9 @@ in two modes against its expected outcome (fixtures/field/README.md):
 Both modes must give the same cards (rule, indicator, variant); rules listed as silent stay
 silent; `mentions` must appear in the named card's summary or detail (en; `mentionsFr` in fr;
 "*" for any card). The service's own `data-not-read` card (an order that could not be
-identified or read) is expected like any other.
+identified or read) is expected like any other. `recognised` lists the value sets whose
+conditions the record must hold, for fixtures about reading a condition that now give no card
+(a calcinosis with a complete work-up and no lesion feature, issue 12).
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_service.app import create_app
+from cds_service.fhir.record import Located, build_record
 from cds_service.rules import RULES, SERVICE_CARDS
 from tests.conftest import NOW, ROOT, SERVICES, assert_valid_response, make_settings
 from tests.fhir_stub import StubFhirServer, fhir
+from tests.helpers import TERMINOLOGY
 
 FIELD = ROOT / "fixtures" / "field"
 ORIGINS = frozenset({"epic", "cerner", "uscore", "sandbox", "french"})
@@ -307,6 +311,11 @@ def field_app(stub: StubFhirServer, tmp_path_factory: pytest.TempPathFactory) ->
         tmp_path_factory.mktemp("field"),
         fhir_servers=(stub.base_url,),
         clock=lambda: CLOCK["now"],
+        # Each fixture runs three times on this store: the risk-screening card's once-a-year
+        # interval (tests/test_info_card.py) would hide it after the first run.
+        risk_screening_interval_days=0,
+        # ...and a standing interaction (tests/test_card_set.py) would be quiet after it too.
+        quiet_standing_interactions=False,
     )
     application = create_app(settings)
     yield application
@@ -404,6 +413,18 @@ def test_field_fixture(
             assert headers.get("authorization") == f"Bearer {token}"
         else:
             assert "authorization" not in headers
+
+
+@pytest.mark.parametrize(
+    ("hook", "name"), [case for case in CASES if "recognised" in EHRS[case].expected]
+)
+def test_field_fixture_conditions_are_recognised(hook: str, name: str) -> None:
+    ehr = EHRS[(hook, name)]
+    located = [Located(f"field[{i}]", r) for i, r in enumerate(ehr.everything.values())]
+    now = datetime.combine(date.fromisoformat(ehr.expected["asOf"]), time(12, 0), tzinfo=UTC)
+    record = build_record(located, ehr.request["context"]["patientId"], TERMINOLOGY, now)
+    for valueset in ehr.expected["recognised"]:
+        assert record.conditions_in(valueset), f"{name}: no {valueset} condition recognised"
 
 
 # --------------------------------------------------------------------------- the set itself

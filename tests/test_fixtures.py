@@ -53,6 +53,11 @@ def test_fixture_gives_expected_cards(
     store = app.extensions["cds_engine"].store
     variants = [store.issued(c["uuid"]).variant for c in body["cards"]]
     assert variants == [c["variant"] for c in expected["cards"]]
+    # One card per order (rules/card_set.py): the merged rules are stored and named on the card.
+    merged = [store.issued(c["uuid"]).also_rules for c in body["cards"]]
+    assert merged == [",".join(c["also"]) if "also" in c else None for c in expected["cards"]]
+    for card, want_card in zip(body["cards"], expected["cards"], strict=True):
+        assert all(f"`{rule}`" in card["detail"] for rule in want_card.get("also", ()))
 
     if hook != "patient-view":  # a card about a draft names it and acts on it
         request = load_request(name, hook)
@@ -69,7 +74,9 @@ def test_fixture_gives_expected_cards(
 
 
 def test_every_rule_has_firing_and_silent_fixtures() -> None:
-    fires = {c["rule"] for n in NAMES for c in load_expected(n)["cards"]}
+    fires = {
+        r for n in NAMES for c in load_expected(n)["cards"] for r in (c["rule"], *c.get("also", ()))
+    }
     silent = {r for n in NAMES for r in load_expected(n)["silent"]}
     assert set(RULES) <= fires
     assert set(RULES) <= silent
@@ -78,7 +85,8 @@ def test_every_rule_has_firing_and_silent_fixtures() -> None:
 def test_expected_files_name_only_known_rules() -> None:
     for name in NAMES:
         expected = load_expected(name)
-        named = {c["rule"] for c in expected["cards"]} | set(expected["silent"])
+        named = {r for c in expected["cards"] for r in (c["rule"], *c.get("also", ()))}
+        named |= set(expected["silent"])
         assert named <= set(RULES), name
 
 

@@ -35,6 +35,15 @@ TERMINOLOGY = Terminology.load()
 LIBRARY = CardLibrary(DEFAULT_CARDS_DIR, TERMINOLOGY)
 RENDERER = Renderer(LIBRARY)
 
+# A complete, normal calcinosis work-up (calcium, phosphate, PTH, 25-OH vitamin D, eGFR).
+WORKUP_DONE = (
+    observation("17861-6", 9.4, "mg/dL", 20, "ca"),
+    observation("2777-1", 3.5, "mg/dL", 20, "p"),
+    observation("2731-8", 42, "pg/mL", 20, "pth"),
+    observation("1989-3", 32, "ng/mL", 20, "vitd"),
+    egfr(90, days_ago=20),
+)
+
 # One record per variant, so every card text is rendered with real facts.
 VARIANT_RECORDS = {
     ("aluminium-hydroxide-renal", "severe"): [
@@ -53,16 +62,10 @@ VARIANT_RECORDS = {
         record(patient(), medication()),
         record(patient(gender=None), medication(), creatinine(2.0)),
     ],
-    ("calcinosis-context", "management"): [
-        record(condition(SNOMED, "89155008", rid="s"), condition(ICD10CM, "L94.2", rid="c"))
-    ],
-    ("calcinosis-context", "management-other-ctd"): [
-        record(condition(SNOMED, "396230008", rid="d"), condition(ICD10CM, "L94.2", rid="c")),
-        record(condition(SNOMED, "55464009", rid="l"), condition(ICD10CM, "L94.2", rid="c")),
-    ],
-    ("calcinosis-lesion", "pathway"): [
+    ("calcinosis-synthesis", "steps-workup"): [
         record(condition(ICD10CM, "L94.2", rid="c"), condition(SNOMED, "266261006", rid="r")),
         record(
+            condition(SNOMED, "89155008", rid="s"),
             {**condition(ICD10CM, "L94.2", rid="c"), "note": [{"text": "Calcinose inflammatoire"}]},
             {
                 **observation("39126-8", 1.5, "mm", 3, "size"),
@@ -70,11 +73,35 @@ VARIANT_RECORDS = {
             },
         ),
     ],
+    ("calcinosis-synthesis", "steps"): [
+        record(
+            patient(),
+            condition(SNOMED, "89155008", rid="s"),
+            condition(ICD10CM, "L94.2", rid="c"),
+            condition(SNOMED, "266261006", rid="r"),
+            *WORKUP_DONE,
+        ),
+        record(
+            patient(),
+            condition(SNOMED, "396230008", rid="d"),
+            condition(ICD10CM, "L94.2", rid="c"),
+            {
+                **observation("39125-0", 1.2, "cm", 3, "size"),
+                "focus": [{"reference": "Condition/c"}],
+            },
+            *WORKUP_DONE,
+        ),
+    ],
+    ("calcinosis-synthesis", "workup"): [
+        record(condition(SNOMED, "89155008", rid="s"), condition(ICD10CM, "L94.2", rid="c")),
+        record(condition(SNOMED, "396230008", rid="d"), condition(ICD10CM, "L94.2", rid="c")),
+        record(condition(SNOMED, "55464009", rid="l"), condition(ICD10CM, "L94.2", rid="c")),
+        record(patient(), condition(ICD10CM, "L94.2")),
+    ],
     ("calcinosis-risk-screening", "risk-factors"): [
         record(patient("male"), condition(SNOMED, "89155008")),
         record(patient(), condition(SNOMED, "89155008"), antibody("31290-0", "Positive")),
     ],
-    ("calcinosis-workup", "missing-tests"): [record(patient(), condition(ICD10CM, "L94.2"))],
     ("calcinosis-type", "metastatic"): [
         record(
             patient(),
@@ -246,10 +273,15 @@ def test_numbers_and_dates_follow_the_language() -> None:
 
 def test_card_library_rejects_incomplete_content(tmp_path: Path) -> None:
     (tmp_path / "_common.yaml").write_text((DEFAULT_CARDS_DIR / "_common.yaml").read_text())
-    data = yaml.safe_load((DEFAULT_CARDS_DIR / "calcinosis-context.yaml").read_text())
-    del data["variants"]["management"]["summary"]["fr"]
-    (tmp_path / "calcinosis-context.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
+    data = yaml.safe_load((DEFAULT_CARDS_DIR / "calcinosis-synthesis.yaml").read_text())
+    del data["variants"]["workup"]["summary"]["fr"]
+    (tmp_path / "calcinosis-synthesis.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
     with pytest.raises(CardContentError, match="summary"):
+        CardLibrary(tmp_path, TERMINOLOGY)
+    data = yaml.safe_load((DEFAULT_CARDS_DIR / "calcinosis-synthesis.yaml").read_text())
+    del data["context"]["dermatomyositis"]["fr"]
+    (tmp_path / "calcinosis-synthesis.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
+    with pytest.raises(CardContentError, match=r"context\.dermatomyositis"):
         CardLibrary(tmp_path, TERMINOLOGY)
 
 
@@ -330,7 +362,7 @@ def test_unreadable_unit_is_said_on_the_workup_card() -> None:
         condition(ICD10CM, "L94.2"),
         observation("17861-6", 2.4, "U/L", 10, "ca-odd"),  # not a unit the service reads
     )
-    card = RENDERER.render(RULES["calcinosis-workup"](rec)[0], "en", "p1")
+    card = RENDERER.render(RULES["calcinosis-synthesis"](rec)[0], "en", "p1")
     assert "Not interpreted" in card["detail"]
     assert "U/L" in card["detail"]
 
@@ -346,8 +378,8 @@ def test_safety_table_names_only_existing_value_sets() -> None:
 
 
 def test_lesion_suggestions_follow_the_features_found() -> None:
-    inflamed_small = VARIANT_RECORDS[("calcinosis-lesion", "pathway")][1]
-    card = RENDERER.render(RULES["calcinosis-lesion"](inflamed_small)[0], "fr", "p1")
+    inflamed_small = VARIANT_RECORDS[("calcinosis-synthesis", "steps-workup")][1]
+    card = RENDERER.render(RULES["calcinosis-synthesis"](inflamed_small)[0], "fr", "p1")
     proposed = [
         a["resource"]["medicationCodeableConcept"]["text"]
         for s in card["suggestions"]
@@ -358,9 +390,9 @@ def test_lesion_suggestions_follow_the_features_found() -> None:
     assert "**Lésion de moins de 2 mm**" in card["detail"]
     assert "**Lésion inflammatoire**" in card["detail"]
     assert "chirurgien" not in card["detail"]  # not disabling: no surgical step or referral
-    raynaud_only = VARIANT_RECORDS[("calcinosis-lesion", "pathway")][0]
-    card = RENDERER.render(RULES["calcinosis-lesion"](raynaud_only)[0], "en", "p1")
-    assert "suggestions" not in card
+    raynaud_only = VARIANT_RECORDS[("calcinosis-synthesis", "steps")][0]
+    card = RENDERER.render(RULES["calcinosis-synthesis"](raynaud_only)[0], "en", "p1")
+    assert "suggestions" not in card  # Raynaud's step has none, and the work-up is complete
     assert_valid_response({"cards": [card]})
 
 

@@ -24,7 +24,14 @@ from flask.testing import FlaskClient
 
 from cds_service import rules
 from cds_service.knowledge import loader
-from tests.conftest import ROOT, SERVICES, fixture_names, load_expected, load_request
+from tests.conftest import (
+    ROOT,
+    SERVICES,
+    app_with,
+    fixture_names,
+    load_expected,
+    load_request,
+)
 
 
 class KnowledgeRead(RuntimeError):
@@ -103,7 +110,15 @@ def test_the_guard_refuses_a_knowledge_file() -> None:
     assert attempts == ["yaml.safe_load"]
 
 
-def test_requests_read_no_knowledge_file(client: FlaskClient) -> None:
+def test_requests_read_no_knowledge_file(tmp_path: pathlib.Path) -> None:
+    # Every fixture twice (en, fr) on one store: cards shown once and then only on a change
+    # (standing interactions, yearly risk screening) are shown every time here.
+    quiet = {"quiet_standing_interactions": False, "risk_screening_interval_days": 0}
+    with app_with(tmp_path, **quiet) as app:
+        _every_fixture_reads_no_knowledge_file(app.test_client())
+
+
+def _every_fixture_reads_no_knowledge_file(client: FlaskClient) -> None:
     cases = [
         (hook, name, load_request(name, hook), load_expected(name, hook)) for hook, name in CASES
     ]

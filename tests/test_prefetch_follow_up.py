@@ -142,7 +142,7 @@ def test_next_pages_of_a_prefetched_search_are_followed(tmp_path: Path) -> None:
         cards = post(tmp_path, body, fhir_servers=(stub.base_url,))
     found = rules_of(cards)
     assert found[ALUMINIUM] == "critical"
-    assert found["calcinosis-context"] == "info"
+    assert found["calcinosis-synthesis"] == "info"
     assert "data-not-read" not in found
     assert sorted(s.path for s in stub.seen) == [
         "/fhir/conditions-page-2",
@@ -154,7 +154,7 @@ def test_without_fhir_server_the_cards_say_the_data_may_be_incomplete(tmp_path: 
     body = paged("https://ehr.example.org/fhir")
     body["prefetch"]["conditions"] = REQUEST["prefetch"]["conditions"]  # only one key paged
     cards = post(tmp_path, body)
-    assert set(rules_of(cards)) >= {"calcinosis-context", "calcinosis-workup"}
+    assert set(rules_of(cards)) >= {"calcinosis-synthesis", "calcinosis-type"}
     for card in cards:
         assert "Possibly incomplete: the “medications” search had more results" in card["detail"]
         assert "no FHIR server to fetch them from" in card["detail"]
@@ -188,7 +188,7 @@ def test_an_order_that_is_not_valid_r4_is_left_out_and_named(tmp_path: Path) -> 
     cards = post(tmp_path, with_order(broken))
     found = rules_of(cards)
     assert ALUMINIUM not in found
-    assert found["calcinosis-context"] == "info"  # the other cards are still there
+    assert found["calcinosis-synthesis"] == "info"  # the other cards are still there
     card = by_rule(cards, "data-not-read")
     assert card["summary"] == (
         "1 medication order could not be read (MedicationRequest/abc, field "

@@ -130,7 +130,7 @@ def test_language_from_accept_language(
     response = client.post(SERVICE_URL, json=load_request("01-ssc-calcinosis"), headers=headers)
     assert response.headers["Content-Language"] == expected
     summary = response.json["cards"][0]["summary"]
-    assert summary.startswith("ScS" if expected == "fr" else "SSc")
+    assert summary.startswith("Calcinose :" if expected == "fr" else "Calcinosis:")
 
 
 def test_default_language_setting(tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_feedback_is_stored_with_rule_and_knowledge_version(
 ) -> None:
     cards = client.post(SERVICE_URL, json=load_request("02-aluminium-egfr-22")).json["cards"]
     critical = by_rule(cards, "aluminium-hydroxide-renal")
-    info = by_rule(cards, "calcinosis-context")
+    info = by_rule(cards, "calcinosis-synthesis")
     body = {
         "feedback": [
             {

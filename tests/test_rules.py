@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from cds_service.cards import CardLibrary
 from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.safety import load_table
-from cds_service.rules import RULES, calcinosis_context
+from cds_service.rules import MODULES, RULES, calcinosis_synthesis
 from cds_service.settings import DEFAULT_CARDS_DIR
 from cds_service.terminology import Terminology
 from tests.conftest import NOW, SERVICE_URL, load_request
@@ -89,19 +89,21 @@ def test_aluminium_one_finding_per_order_and_none_without_order() -> None:
     assert RULES["aluminium-hydroxide-renal"](record(patient(), egfr(10))) == []
 
 
-def test_calcinosis_context_needs_both_conditions() -> None:
+def test_calcinosis_synthesis_needs_calcinosis_and_something_to_act_on() -> None:
     ssc = condition(SNOMED, "89155008", rid="ssc")
     calc = condition(ICD10CM, "L94.2", rid="calc")
-    assert [f.variant for f in calcinosis_context.evaluate(record(ssc, calc))] == ["management"]
-    assert calcinosis_context.evaluate(record(ssc)) == []
-    assert calcinosis_context.evaluate(record(calc)) == []
+    (found,) = calcinosis_synthesis.evaluate(record(ssc, calc))  # no work-up at all
+    assert (found.variant, found.facts["context"]) == ("workup", "systemic-sclerosis")
+    assert calcinosis_synthesis.evaluate(record(ssc)) == []
+    (alone,) = calcinosis_synthesis.evaluate(record(calc))
+    assert alone.facts["context"] == "none"
 
 
 def test_every_rule_documents_its_source() -> None:
-    for module in (calcinosis_context,):
+    for module in MODULES:
         doc = module.__doc__ or ""
-        assert "seed 00" in doc
-        assert "When" in doc
+        assert "seed 00" in doc, module.__name__
+        assert "When" in doc, module.__name__
     for rule in load_table().values():
         assert rule.sources
     assert "aluminium-hydroxide-renal" in RULES
@@ -291,3 +293,30 @@ def test_every_critical_row_names_its_label_contraindication_and_is_listed() -> 
         assert re.search(r"label|RCP|SmPC", label), (rule, variant)
         assert (rule, variant) in listed, f"docs/knowledge.md does not list {rule} {variant}"
     assert listed == {(rule, variant) for rule, variant, _ in rows}
+
+
+# --------------------------------------------------------------- one card per order (issue 12)
+
+
+def test_safety_rules_stay_blind_to_each_other() -> None:
+    """Each rule gives its own finding about the order; merging them into one card is the card
+    set's (rules/card_set.py, tests/test_card_set.py), never a rule's."""
+    patient_record = record(
+        patient(),
+        egfr(20),
+        drug("21212", rid="k"),
+        drug(COLCHICINE, rid="c"),
+        drug("3443", rid="d"),
+    )
+    findings = [
+        f
+        for rule in ("colchicine-renal", "colchicine-interaction")
+        for f in RULES[rule](patient_record)
+    ]
+    assert sorted((f.rule, f.variant) for f in findings) == [
+        ("colchicine-interaction", "contraindicated"),  # clarithromycin with eGFR 20
+        ("colchicine-interaction", "interaction"),  # diltiazem
+        ("colchicine-renal", "severe-renal"),
+    ]
+    assert {f.facts["drug"].ref for f in findings} == {"MedicationRequest/c"}
+    assert all(f.also == () and not f.quiet_unless_changed for f in findings)

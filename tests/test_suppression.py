@@ -700,7 +700,7 @@ def test_feedback_summary_per_rule(workers: tuple[Flask, Flask]) -> None:
     first, second = workers
     shown = cards(first, SERVICE_URL, load_request("02-aluminium-egfr-22"))
     override(first, by_rule(shown, "aluminium-hydroxide-renal"))
-    override(second, by_rule(shown, "calcinosis-context"))
+    override(second, by_rule(shown, "calcinosis-synthesis"))
     cards(first, SERVICE_URL, load_request("13-aluminium-dialysis"))
     summary = second.test_client().get(f"{SERVICE_URL}/feedback/summary").json
     assert summary["service"] == "calcinosis-patient-view"
@@ -715,7 +715,7 @@ def test_feedback_summary_per_rule(workers: tuple[Flask, Flask]) -> None:
             "count": 1,
         }
     ]
-    assert per_rule["calcinosis-context"]["overridden"] == 1
+    assert per_rule["calcinosis-synthesis"]["overridden"] == 1
     assert aluminium["knowledgeVersion"] == first.extensions["cds_engine"].knowledge_version
 
 
@@ -822,7 +822,7 @@ def test_a_store_from_before_encounter_bound_snoozes_is_brought_up_to_date(
 def test_malformed_feedback_loses_nothing_already_stored(workers: tuple[Flask, Flask]) -> None:
     first, second = workers
     shown = cards(first, SERVICE_URL, load_request("02-aluminium-egfr-22"))
-    context = by_rule(shown, "calcinosis-context")
+    context = by_rule(shown, "calcinosis-synthesis")
     aluminium = by_rule(shown, "aluminium-hydroxide-renal")
     override(first, context)
     store = first.extensions["cds_engine"].store

@@ -14,11 +14,9 @@ from collections.abc import Callable, Iterable
 
 from cds_service.fhir.record import PatientRecord
 from cds_service.rules import (
-    calcinosis_context,
-    calcinosis_lesion,
     calcinosis_risk_screening,
+    calcinosis_synthesis,
     calcinosis_type,
-    calcinosis_workup,
 )
 from cds_service.rules.base import Finding
 from cds_service.rules.data_notes import DATA_NOT_READ
@@ -27,12 +25,12 @@ from cds_service.rules.treatment_safety import table_rules
 log = logging.getLogger(__name__)
 Rule = Callable[[PatientRecord], list[Finding]]
 
-# Calcinosis rules, one module each; treatment-safety rules, one engine over a data table.
+# Calcinosis rules, one module each (calcinosis_context, calcinosis_lesion and calcinosis_workup
+# are fact producers of calcinosis_synthesis, not rules); treatment-safety rules, one engine over
+# a data table. Their findings are composed into cards by info_card.py and card_set.py.
 MODULES = (
-    calcinosis_context,
-    calcinosis_lesion,
+    calcinosis_synthesis,
     calcinosis_risk_screening,
-    calcinosis_workup,
     calcinosis_type,
 )
 RULES: dict[str, Rule] = {

@@ -10,18 +10,24 @@ trial of any medical treatment (seed 001, seed 002).
 Dermatomyositis (incl. juvenile, up to 70 % with calcinosis) and lupus also cause dystrophic
 calcinosis: seed 003 (causes of dystrophic calcification), seed 004 (epidemiology).
 
-When: an active, not refuted calcinosis condition AND an active systemic sclerosis (any form);
-or, without SSc, an active dermatomyositis or systemic lupus.
-Then: an `info` card summarising management by lesion type and size (variant `management` for
-SSc, `management-other-ctd` naming the disease otherwise).
+A fact producer for the `calcinosis-synthesis` card (rules/calcinosis_synthesis.py), which
+opens with one line of context for the disease found here; this module issues no card of its
+own (its former card, `calcinosis-context`, static management text at every chart opening, was
+retired (issue 12): that text is now background reading behind the synthesis
+card's links).
+
+Reads: an active, not refuted systemic sclerosis (any form); else an active dermatomyositis or
+systemic lupus. SSc comes first when a patient has several.
 """
 
 from __future__ import annotations
 
-from cds_service.fhir.record import PatientRecord
-from cds_service.rules.base import Finding
+from typing import Any
 
-RULE_ID = "calcinosis-context"
+from cds_service.fhir.record import PatientRecord
+
+OTHER_CTD = ("dermatomyositis", "systemic-lupus")
+DISEASES = ("systemic-sclerosis", *OTHER_CTD)
 
 
 def has_systemic_sclerosis(record: PatientRecord) -> bool:
@@ -32,25 +38,11 @@ def has_documented_calcinosis(record: PatientRecord) -> bool:
     return record.has_condition("calcinosis")
 
 
-OTHER_CTD = ("dermatomyositis", "systemic-lupus")
-
-
-def evaluate(record: PatientRecord) -> list[Finding]:
-    if not has_documented_calcinosis(record):
-        return []
-    calcinosis = record.conditions_in("calcinosis")
-    if has_systemic_sclerosis(record):
-        evidence = (*record.conditions_in("systemic-sclerosis"), *calcinosis)
-        return [Finding(RULE_ID, "management", evidence=evidence)]
-    for disease in OTHER_CTD:
-        found = record.conditions_in(disease)
+def disease(record: PatientRecord) -> tuple[str | None, tuple[Any, ...]]:
+    """The connective-tissue disease behind the calcinosis (a value set of DISEASES, or None)
+    and its conditions."""
+    for valueset in DISEASES:
+        found = record.conditions_in(valueset)
         if found:
-            return [
-                Finding(
-                    RULE_ID,
-                    "management-other-ctd",
-                    facts={"disease": disease},
-                    evidence=(*found, *calcinosis),
-                )
-            ]
-    return []
+            return valueset, tuple(found)
+    return None, ()

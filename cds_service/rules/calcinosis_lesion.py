@@ -19,8 +19,9 @@ What is read (docs/knowledge.md, "Lesions"):
 - smoking: a current-smoker status (LOINC 72166-2) within 12 months, or tobacco use coded;
 - Raynaud phenomenon on the problem list.
 
-When: active calcinosis and at least one of these features.
-Then: an `info` card with the steps that apply, and suggestions for them only.
+A fact producer for the `calcinosis-synthesis` card (rules/calcinosis_synthesis.py): one step
+per feature found, with suggestions for those features only. Its former card,
+`calcinosis-lesion`, was merged into that card (issue 12).
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ from typing import Any
 
 from cds_service.fhir.record import PatientRecord
 from cds_service.knowledge.loader import thresholds
-from cds_service.rules.base import Finding
 
-RULE_ID = "calcinosis-lesion"
 ORDER = ("small", "large", "tumoral", "inflammatory", "infected", "ulcerated", "disabling")
 # Thresholds and words: knowledge/thresholds.yaml, `calcinosis_lesion`.
 
@@ -81,20 +80,3 @@ def lesion_features(record: PatientRecord) -> tuple[list[str], list[Any]]:
         evidence += raynaud
     ordered = [f for f in (*ORDER, "smoking", "raynaud") if f in features]
     return ordered, evidence
-
-
-def evaluate(record: PatientRecord) -> list[Finding]:
-    calcinosis = record.conditions_in("calcinosis")
-    if not calcinosis:
-        return []
-    features, evidence = lesion_features(record)
-    if not features:
-        return []
-    return [
-        Finding(
-            RULE_ID,
-            "pathway",
-            facts={"features": features},
-            evidence=tuple(dict.fromkeys([*calcinosis, *evidence])),
-        )
-    ]

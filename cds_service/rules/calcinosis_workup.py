@@ -5,19 +5,20 @@ phosphate, parathyroid hormone and vitamin D, metabolic tests for renal function
 (patient guide 2025): calcium, phosphorus, PTH and vitamin D, regular biological follow-up.
 Evidence level: expert practice described in patient information.
 
-When: active documented calcinosis and no recent (12 months) result for at least one of:
-calcium (total or ionised), phosphate, PTH, 25-OH vitamin D, renal function (eGFR or
-creatinine).
-Then: an `info` card naming the missing tests, with one ServiceRequest suggestion each.
+Reads: the tests without a recent (12 months) result among calcium (total or ionised),
+phosphate, PTH, 25-OH vitamin D and renal function (eGFR or creatinine). A fact producer for the
+`calcinosis-synthesis` card (rules/calcinosis_synthesis.py), which names the missing tests with
+one ServiceRequest suggestion each; its former card, `calcinosis-workup`, was merged into that
+card (issue 12).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from cds_service.fhir.record import PatientRecord
 from cds_service.knowledge.loader import thresholds
-from cds_service.rules.base import Finding
 
-RULE_ID = "calcinosis-workup"
 # Test -> (lab concepts that count as done, value set of the order to suggest).
 TESTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("calcium", "calcium-ionised"), "calcium-order"),
@@ -44,18 +45,8 @@ def missing_tests(record: PatientRecord) -> list[str]:
     return missing
 
 
-def evaluate(record: PatientRecord) -> list[Finding]:
-    calcinosis = record.conditions_in("calcinosis")
-    if not calcinosis:
-        return []
-    missing = missing_tests(record)
-    if not missing:
-        return []
-    # A result in a unit the service cannot read is listed, so the card says why it is missing.
+def unit_notes(record: PatientRecord) -> list[Any]:
+    """Work-up results in a unit the service cannot read, so the card says why they count as
+    missing."""
     tested = {concept for concepts, _order in TESTS for concept in concepts}
-    notes = [n for n in record.notes if n.concept in tested]
-    return [
-        Finding(
-            RULE_ID, "missing-tests", facts={"missing": missing}, evidence=(*calcinosis, *notes)
-        )
-    ]
+    return [n for n in record.notes if n.concept in tested]
