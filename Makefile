@@ -10,13 +10,14 @@ WORKERS ?= 2
 # Embedded default store: an SQLite file under the project.
 DATABASE_URL ?= sqlite:///$(CURDIR)/var/calcinosis-cds.sqlite3
 
-.PHONY: run test lint format fixtures provenance clean help
+.PHONY: run test lint format fixtures golden provenance clean help
 
 help:
 	@echo "make run     serve the CDS service on http://$(HOST):$(PORT) (PORT=... to change)"
 	@echo "make test    lint (ruff) and run the whole test suite"
 	@echo "make format  format the code with ruff"
 	@echo "make fixtures  regenerate fixtures/ (AS_OF=YYYY-MM-DD to re-anchor the dates)"
+	@echo "make golden  rewrite the golden cards (fixtures/golden/, fixtures/field/golden/)"
 	@echo "make provenance  regenerate the code tables of docs/codes.md from the value sets"
 	@echo "make bench   benchmark against a minimal Flask floor; writes the table into README.md"
 
@@ -60,6 +61,11 @@ format: $(VENV)/.installed-test
 
 fixtures: $(VENV)/.installed-test
 	$(BIN)/python -m fixtures.build $(if $(AS_OF),--as-of $(AS_OF))
+
+# The golden cards: every fixture's whole response, en and fr (tests/test_golden_cards.py), written
+# instead of compared. Review the diff before committing it.
+golden: $(VENV)/.installed-test
+	CDS_UPDATE_GOLDEN=1 $(BIN)/python -m pytest tests/test_golden_cards.py -q
 
 # docs/codes.md: its tables of codes and products, from the value sets and the product lexicon
 # (the text around them is kept). tests/test_provenance.py fails when it is out of date.

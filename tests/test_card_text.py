@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from datetime import UTC, date, datetime, time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import cds_service.cards as cards_module
-import tests.test_field_fixtures as field
+import tests.field_ehr as field
 from cds_service.app import create_app
 from cds_service.cards import SUMMARY_MAX, CardLibrary, Renderer, shorten
 from cds_service.knowledge.renal import RenalStatus
@@ -26,7 +26,6 @@ from cds_service.rules import RULES, Finding
 from cds_service.settings import DEFAULT_CARDS_DIR
 from cds_service.terminology import Terminology
 from tests.conftest import NOW, SERVICES, fixture_names, load_request, make_settings
-from tests.fhir_stub import StubFhirServer
 from tests.helpers import (
     ICD10CM,
     condition,
@@ -60,14 +59,14 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, C
         return real_shorten(summary, limit)
 
     out: list[tuple[str, str, Card]] = []
-    with pytest.MonkeyPatch.context() as mp, StubFhirServer({"/fhir/": field._route}) as server:
+    with pytest.MonkeyPatch.context() as mp, field.field_stub() as server:
         mp.setattr(cards_module, "shorten", recording_shorten)
-        field.STUB_BASE[:] = [server.base_url]
         clock = {"now": NOW}
         settings = make_settings(
             tmp_path_factory.mktemp("card-text"),
             fhir_servers=(server.base_url,),
             clock=lambda: clock["now"],
+            **field.REPEATS_SHOWN,  # each patient runs twice (en, fr) on this store
         )
         app = create_app(settings)
         client = app.test_client()
@@ -77,10 +76,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, C
             for name in fixture_names(hook)
         ]
         for (hook, name), ehr in field.EHRS.items():
-            base = f"{server.base_url}/{hook}/{name}"
-            as_of = date.fromisoformat(ehr.expected["asOf"])
-            request = field._prepare(ehr, hook, name, "prefetch", base)
-            runs.append((f"field/{hook}/{name}", hook, request, _noon(as_of)))
+            request = field.prepare(ehr, "prefetch", field.fixture_base(server, hook, name))
+            runs.append((f"field/{hook}/{name}", hook, request, field.anchor(ehr)))
         for where, hook, request, now in runs:
             clock["now"] = now
             for lang in ("en", "fr"):
@@ -94,10 +91,6 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, C
         app.extensions["cds_engine"].close()
     assert not cut, f"summaries the renderer had to cut: {cut}"
     return out
-
-
-def _noon(day: date) -> datetime:
-    return datetime.combine(day, time(12, 0), tzinfo=UTC)
 
 
 def _prose(card: Card) -> str:

@@ -14,18 +14,17 @@ silent; `mentions` must appear in the named card's summary or detail (en; `menti
 "*" for any card). The service's own `data-not-read` card (an order that could not be
 identified or read) is expected like any other. `recognised` lists the value sets whose
 conditions the record must hold, for fixtures about reading a condition that now give no card
-(a calcinosis with a complete work-up and no lesion feature, issue 12).
+(a calcinosis with a complete work-up and no lesion feature, issue 12). The fixtures and the
+loopback server are in tests/field_ehr.py; tests/test_golden_cards.py keeps their rendered cards.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, time
+from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote
 
 import pytest
 from flask import Flask
@@ -35,10 +34,20 @@ from cds_service.app import create_app
 from cds_service.fhir.record import Located, build_record
 from cds_service.rules import RULES, SERVICE_CARDS
 from tests.conftest import NOW, ROOT, SERVICES, assert_valid_response, make_settings
-from tests.fhir_stub import StubFhirServer, fhir
+from tests.fhir_stub import StubFhirServer
+from tests.field_ehr import (
+    CASES,
+    EHRS,
+    FIELD,
+    REPEATS_SHOWN,
+    anchor,
+    field_names,
+    field_stub,
+    fixture_base,
+    prepare,
+)
 from tests.helpers import TERMINOLOGY
 
-FIELD = ROOT / "fixtures" / "field"
 ORIGINS = frozenset({"epic", "cerner", "uscore", "sandbox", "french"})
 # Every shape issue 11 names, as tagged in the expected files ("shapes"); each must have a fixture.
 SHAPES = frozenset(
@@ -131,17 +140,6 @@ SHAPES = frozenset(
 )
 
 
-def field_names(hook: str) -> list[str]:
-    return sorted(
-        p.name.removesuffix(".request.json") for p in (FIELD / hook).glob("*.request.json")
-    )
-
-
-def load(hook: str, name: str, kind: str) -> dict[str, Any]:
-    return json.loads((FIELD / hook / f"{name}.{kind}.json").read_text(encoding="utf-8"))
-
-
-CASES = [(hook, name) for hook in SERVICES for name in field_names(hook)]
 RUNS = [
     pytest.param(hook, name, mode, lang, id=f"{hook}/{name}-{mode}-{lang}")
     for hook, name in CASES
@@ -149,159 +147,12 @@ RUNS = [
 ]
 
 
-# --------------------------------------------------------------------------- loopback FHIR server
-
-
-def _rebase(value: Any, old: str | None, new: str) -> Any:
-    """`value` with every occurrence of the EHR's base URL `old` replaced by `new`."""
-    if not old:
-        return copy.deepcopy(value)
-    return json.loads(json.dumps(value).replace(old.rstrip("/"), new))
-
-
-def _resources(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, dict):
-        return []
-    if value.get("resourceType") == "Bundle":
-        return [
-            e["resource"] for e in value.get("entry") or () if isinstance(e.get("resource"), dict)
-        ]
-    return [value]
-
-
-def _next(bundle: dict[str, Any]) -> str | None:
-    return next(
-        (lk["url"] for lk in bundle.get("link") or () if lk.get("relation") == "next"), None
-    )
-
-
-def _refers_to(resource: dict[str, Any], patient: str) -> bool:
-    if resource.get("resourceType") == "Patient":
-        return resource.get("id") == patient
-    for key in ("subject", "patient"):
-        ref = resource.get(key)
-        if isinstance(ref, dict) and str(ref.get("reference", "")).endswith(f"Patient/{patient}"):
-            return True
-    return False
-
-
-def _has_code(resource: dict[str, Any], tokens: list[str]) -> bool:
-    codings = (resource.get("code") or {}).get("coding") or ()
-    for token in tokens:
-        system, _, code = token.rpartition("|")
-        for c in codings:
-            if c.get("code") == code and (not system or c.get("system") == system):
-                return True
-    return False
-
-
-class FieldEhr:
-    """What the EHR's FHIR server holds for one field fixture, and how it answers."""
-
-    def __init__(self, hook: str, name: str) -> None:
-        self.request = load(hook, name, "request")
-        self.expected = load(hook, name, "expected")
-        self.origin = self.request.get("fhirServer")  # the EHR base the fixture was written with
-        self.pages: dict[str, dict[str, Any]] = self.expected.get("pages", {})
-        on_pages = {
-            (r["resourceType"], r["id"]) for page in self.pages.values() for r in _resources(page)
-        }
-        self.paged: dict[str, dict[str, Any]] = {}  # resource type -> page 1 of a paged search
-        pool: dict[tuple[str, str], dict[str, Any]] = {}
-        for value in (self.request.get("prefetch") or {}).values():
-            link = (
-                _next(value)
-                if isinstance(value, dict) and value.get("resourceType") == "Bundle"
-                else None
-            )
-            found = _resources(value)
-            if link and self._relative(link) in self.pages and found:
-                self.paged[found[0]["resourceType"]] = value
-            for r in found:
-                pool.setdefault((r["resourceType"], r["id"]), r)
-        for r in self.expected.get("server", ()):
-            pool.setdefault((r["resourceType"], r["id"]), r)
-        self.pool = {k: v for k, v in pool.items() if k not in on_pages}
-        self.everything = {
-            **self.pool,
-            **{
-                (r["resourceType"], r["id"]): r
-                for page in self.pages.values()
-                for r in _resources(page)
-            },
-        }
-
-    def _relative(self, url: str) -> str:
-        base = (self.origin or "").rstrip("/") + "/"
-        return url[len(base) :] if self.origin and url.startswith(base) else url
-
-    def answer(self, rest: str, base: str) -> tuple[int, str, bytes]:
-        """Answer `rest` (path and query below this fixture's base URL)."""
-        for candidate in (rest, unquote(rest)):
-            if candidate in self.pages:
-                return fhir(_rebase(self.pages[candidate], self.origin, base))
-        parts = urlsplit(rest)
-        path = [p for p in parts.path.split("/") if p]
-        if len(path) == 2:
-            found = self.everything.get((path[0], path[1]))
-            return fhir(found) if found else fhir({"resourceType": "OperationOutcome"}, 404)
-        if len(path) != 1:
-            return fhir({"resourceType": "OperationOutcome"}, 400)
-        kind = path[0]
-        if kind in self.paged:
-            return fhir(_rebase(self.paged[kind], self.origin, base))
-        query = {k: ",".join(v) for k, v in parse_qs(parts.query).items()}
-        patient = query.get("patient") or query.get("subject", "").removeprefix("Patient/")
-        found = [
-            r
-            for (rtype, _), r in self.pool.items()
-            if rtype == kind
-            and (not patient or _refers_to(r, patient))
-            and ("code" not in query or _has_code(r, query["code"].split(",")))
-            and ("status" not in query or r.get("status") in query["status"].split(","))
-        ]
-        included: list[dict[str, Any]] = []
-        if "MedicationRequest:medication" in query.get("_include", ""):
-            for r in found:
-                ref = str((r.get("medicationReference") or {}).get("reference", ""))
-                if ref.startswith("Medication/"):
-                    med = self.everything.get(("Medication", ref.removeprefix("Medication/")))
-                    if med is not None and med not in included:
-                        included.append(med)
-        entries = [
-            {
-                "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
-                "resource": r,
-                "search": {"mode": mode},
-            }
-            for group, mode in ((found, "match"), (included, "include"))
-            for r in group
-        ]
-        return fhir(
-            {"resourceType": "Bundle", "type": "searchset", "total": len(found), "entry": entries}
-        )
-
-
-EHRS = {(hook, name): FieldEhr(hook, name) for hook, name in CASES}
-
-
-def _route(path: str) -> tuple[int, str, bytes]:
-    # /fhir/<hook>/<name>/<rest>
-    _, _fhir, hook, name, *rest = path.split("/", 4)
-    ehr = EHRS.get((hook, name))
-    if ehr is None or not rest:
-        return fhir({"resourceType": "OperationOutcome"}, 404)
-    return ehr.answer(rest[0], f"{STUB_BASE[0]}/{hook}/{name}")
-
-
-STUB_BASE: list[str] = []
 CLOCK = {"now": NOW}
 
 
 @pytest.fixture(scope="module")
 def stub() -> Iterator[StubFhirServer]:
-    with StubFhirServer({"/fhir/": _route}) as server:
-        STUB_BASE[:] = [server.base_url]
+    with field_stub() as server:
         yield server
 
 
@@ -311,11 +162,8 @@ def field_app(stub: StubFhirServer, tmp_path_factory: pytest.TempPathFactory) ->
         tmp_path_factory.mktemp("field"),
         fhir_servers=(stub.base_url,),
         clock=lambda: CLOCK["now"],
-        # Each fixture runs three times on this store: the risk-screening card's once-a-year
-        # interval (tests/test_info_card.py) would hide it after the first run.
-        risk_screening_interval_days=0,
-        # ...and a standing interaction (tests/test_card_set.py) would be quiet after it too.
-        quiet_standing_interactions=False,
+        # Each fixture runs three times on this store.
+        **REPEATS_SHOWN,
     )
     application = create_app(settings)
     yield application
@@ -343,14 +191,6 @@ def _has(cards: list[dict[str, Any]], text: str) -> bool:
     return any(wanted in _text(c) for c in cards)
 
 
-def _prepare(ehr: FieldEhr, hook: str, name: str, mode: str, base: str) -> dict[str, Any]:
-    request = _rebase(ehr.request, ehr.origin, base)
-    if mode == "fetch":
-        request.pop("prefetch", None)
-        request["fhirServer"] = base
-    return request
-
-
 @pytest.mark.parametrize(("hook", "name", "mode", "lang"), RUNS)
 def test_field_fixture(
     field_app: Flask,
@@ -364,9 +204,8 @@ def test_field_fixture(
     ehr = EHRS[(hook, name)]
     expected = ehr.expected
     want_of = {**expected, **(expected.get("fetch", {}) if mode == "fetch" else {})}
-    base = f"{stub.base_url}/{hook}/{name}"
-    request = _prepare(ehr, hook, name, mode, base)
-    CLOCK["now"] = datetime.combine(date.fromisoformat(expected["asOf"]), time(12, 0), tzinfo=UTC)
+    request = prepare(ehr, mode, fixture_base(stub, hook, name))
+    CLOCK["now"] = anchor(ehr)
     stub.seen.clear()
 
     response = field_client.post(
@@ -421,8 +260,7 @@ def test_field_fixture(
 def test_field_fixture_conditions_are_recognised(hook: str, name: str) -> None:
     ehr = EHRS[(hook, name)]
     located = [Located(f"field[{i}]", r) for i, r in enumerate(ehr.everything.values())]
-    now = datetime.combine(date.fromisoformat(ehr.expected["asOf"]), time(12, 0), tzinfo=UTC)
-    record = build_record(located, ehr.request["context"]["patientId"], TERMINOLOGY, now)
+    record = build_record(located, ehr.request["context"]["patientId"], TERMINOLOGY, anchor(ehr))
     for valueset in ehr.expected["recognised"]:
         assert record.conditions_in(valueset), f"{name}: no {valueset} condition recognised"
 
