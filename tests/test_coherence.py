@@ -168,30 +168,26 @@ def test_a_stopped_order_is_not_a_current_one() -> None:
     )
 
 
-def test_a_draft_under_review_counts_as_ordered() -> None:
-    draft = h.drug(MINOCYCLINE, rid="d1", status="draft")
-    rec = build_record(
+def with_draft(drug: str) -> PatientRecord:
+    """A patient with a normal eGFR and one draft order of `drug` under review."""
+    draft = h.drug(drug, rid="d1", status="draft")
+    return build_record(
         [Located("prefetch.p", h.patient()), Located("prefetch.e", h.egfr(80))],
         h.PID,
         h.TERMINOLOGY,
         NOW,
         drafts=[Located("context.draftOrders.entry[0].resource", draft)],
     )
-    withheld = coherence.withheld_proposals(rec, PROPOSABLE)
+
+
+def test_a_draft_under_review_counts_as_ordered() -> None:
+    withheld = coherence.withheld_proposals(with_draft(MINOCYCLINE), PROPOSABLE)
     assert [m.ref for m in withheld["minocycline"].current] == ["MedicationRequest/d1"]
     assert withheld["minocycline"].current[0].draft
 
 
 def test_a_draft_under_review_is_an_interaction_partner() -> None:
-    draft = h.drug(WARFARIN, rid="d1", status="draft")
-    rec = build_record(
-        [Located("prefetch.p", h.patient()), Located("prefetch.e", h.egfr(80))],
-        h.PID,
-        h.TERMINOLOGY,
-        NOW,
-        drafts=[Located("context.draftOrders.entry[0].resource", draft)],
-    )
-    reasons = coherence.withheld_proposals(rec, PROPOSABLE)["minocycline"].reasons
+    reasons = coherence.withheld_proposals(with_draft(WARFARIN), PROPOSABLE)["minocycline"].reasons
     assert [r.ref for r in reasons] == ["MedicationRequest/d1"]
 
 
