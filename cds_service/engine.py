@@ -78,10 +78,6 @@ class CdsEngine:
         if settings.hash_key == DEVELOPMENT_HASH_KEY:
             log.warning("CDS_HASH_KEY is not set: using the development key")
         self.hooks = {s.id: s.hook for s in self.services.values()}  # service id -> hook
-        # The drugs each service's cards may propose in one click (checked per response).
-        self.proposable = {
-            s.id: proposed_valuesets(self.library, s.rules) for s in self.services.values()
-        }
         # Prometheus metrics (None with CDS_METRICS=off): label values come from this catalogue.
         self.metrics: Metrics | None = create_metrics(self.hooks) if settings.metrics else None
         self.fetcher = FhirFetcher(
@@ -162,8 +158,11 @@ class CdsEngine:
         )
         findings = self._unrepeated(service.hook, patient_id, encounter_id, fired, now)
 
-        # No card proposes a drug the patient takes or the safety table flags (issue 12).
-        withheld = coherence.withheld_proposals(record, self.proposable[service.id])
+        # No card proposes a drug the patient takes or the safety table flags (issue 12): only
+        # the drugs the cards of this response may propose are checked.
+        shown = {rule for f in findings for rule in (f.rule, *(a.rule for a in f.also))}
+        proposable = proposed_valuesets(self.library, shown)
+        withheld = coherence.withheld_proposals(record, proposable) if proposable else {}
         cards = [self.renderer.render(f, lang, patient_id, withheld) for f in findings]
         # Most urgent first; among equals, by rule id (a stable order EHRs can rely on).
         order = sorted(
