@@ -210,7 +210,7 @@ class Renderer:
             *(self._also_line(part, c, v, lang) for part, c, v in parts[1:]),
             *(fmt.not_proposed(w) for w in once.values()),
         ]
-        summary = shorten(" ".join(variant["summary"][lang].format_map(values).split()))
+        summary = shorten(_summary(variant, lang, values))
         card: dict[str, Any] = {
             "uuid": str(uuid.uuid4()),
             "summary": summary,
@@ -247,7 +247,7 @@ class Renderer:
     ) -> str:
         """Another finding about the same order, in one line: "Also: <its summary>"."""
         fmt = _Formatter(self.library, lang, content.data.get("steps"))
-        summary = " ".join(variant["summary"][lang].format_map(fmt.values(finding.facts)).split())
+        summary = _summary(variant, lang, fmt.values(finding.facts))
         return fmt.t("also", "line").format(summary=summary)
 
     # ------------------------------------------------------------------ parts
@@ -410,6 +410,11 @@ class Renderer:
         return suggestion
 
 
+def _summary(variant: Mapping[str, Any], lang: str, values: Mapping[str, str]) -> str:
+    """A variant's summary filled in, on one line."""
+    return " ".join(variant["summary"][lang].format_map(values).split())
+
+
 def _action_identity(spec: Mapping[str, Any], finding: Finding) -> tuple[Any, ...]:
     """What a suggestion does, whoever offers it: two cards merged into one (rules/card_set.py)
     offer "stop this order" or "order creatinine" once."""
@@ -534,6 +539,10 @@ class _Formatter:
         text = f"{value:.2f}".rstrip("0").rstrip(".")
         return text.replace(".", ",") if self.lang == "fr" else text
 
+    def since(self, value: date | None) -> str:
+        """ ", since 2024-01-31" for a dated fact, else nothing."""
+        return self.t("evidence", "since").format(date=self.date(value)) if value else ""
+
     def date(self, value: date | datetime | None) -> str:
         if value is None:
             return "?"
@@ -629,11 +638,16 @@ class _Formatter:
         form = "one" if n == 1 or (n == 0 and self.lang == "fr") else "other"
         return self.t("count", key, form).format(n=n)
 
-    def alternatives(self, items: list[str]) -> str:
-        """ "a, b or c" / "a, b ni c" (after a negation: "no ...", "pas de ...")."""
+    @staticmethod
+    def joined(items: list[str], last: str) -> str:
+        """ "a, b<last>c": a list in a sentence, `last` before its last item."""
         if len(items) < 2:
             return "".join(items)
-        return f"{', '.join(items[:-1])}{self.t('or_after_no')}{items[-1]}"
+        return f"{', '.join(items[:-1])}{last}{items[-1]}"
+
+    def alternatives(self, items: list[str]) -> str:
+        """ "a, b or c" / "a, b ni c" (after a negation: "no ...", "pas de ...")."""
+        return self.joined(items, self.t("or_after_no"))
 
     def not_proposed(self, withheld: Withheld) -> str:
         """Why a card does not propose a drug, in one line: "Not proposed: colchicine — eGFR
@@ -649,10 +663,8 @@ class _Formatter:
         if withheld.unchecked:
             reasons.append(self.t("not_proposed", "unchecked"))
         reasons = list(dict.fromkeys(r for r in reasons if r))
-        if len(reasons) > 1:
-            why = f"{', '.join(reasons[:-1])}{self.t('not_proposed', 'and')}{reasons[-1]}"
-        else:
-            why = "".join(reasons) or self.t("not_proposed", "unchecked")
+        why = self.joined(reasons, self.t("not_proposed", "and"))
+        why = why or self.t("not_proposed", "unchecked")
         return self.t("not_proposed", "line").format(drug=drug, why=why)
 
     def not_proposed_reason(self, item: Any) -> str:
@@ -767,9 +779,7 @@ class _Formatter:
             )
         if renal.source == "coded":
             assert renal.condition is not None
-            since = (
-                self.t("evidence", "since").format(date=self.date(renal.date)) if renal.date else ""
-            )
+            since = self.since(renal.date)
             key = "dialysis" if renal.dialysis else "coded"
             older = renal.superseded
             asserted = renal.condition.asserted
@@ -811,13 +821,8 @@ class _Formatter:
             return self.t("renal", "unknown")
         if isinstance(renal.superseded, ConditionFact):
             older = renal.superseded
-            since = (
-                self.t("evidence", "since").format(date=self.date(older.since))
-                if older.since
-                else ""
-            )
             text += self.t("renal", "instead_of_coded").format(
-                display=md_escape(older.display), since=since
+                display=md_escape(older.display), since=self.since(older.since)
             )
         return self.t("renal", "stale").format(lab=text) if renal.stale else text
 
@@ -829,9 +834,7 @@ class _Formatter:
             if status not in self.common["condition_status"]:
                 status = item.clinical_status
             label = self.common["condition_status"].get(status, {}).get(self.lang, status)
-            since = (
-                self.t("evidence", "since").format(date=self.date(item.since)) if item.since else ""
-            )
+            since = self.since(item.since)
             return self.t("evidence", "condition").format(
                 display=md_escape(item.display),
                 status=label,
