@@ -49,6 +49,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cds_service.terminology import Match, normalise_code, normalise_text
 from cds_service.terminology.products import (
     LOCAL_FORMS,
     LOCAL_ROUTES,
@@ -61,9 +62,10 @@ from cds_service.terminology.products import (
     system_key,
     word_in,
 )
+from cds_service.terminology.systems import ATC, canonical_system
 
 if TYPE_CHECKING:
-    from cds_service.terminology import Match, Terminology
+    from cds_service.terminology import Terminology
 
 PRODUCT_CODE = "product code"
 INGREDIENT_CODE = "ingredient code"
@@ -73,7 +75,6 @@ NAME = "name"
 BRAND = "brand"
 HOWS = (PRODUCT_CODE, INGREDIENT_CODE, MEDICATION_CODE, INGREDIENT, NAME, BRAND)
 CONNECTORS = frozenset({"and", "et", "with", "avec", "de"})
-ATC_SYSTEM = "http://www.whocc.no/atc"
 LOCAL = "local"
 SYSTEMIC = "systemic"
 
@@ -90,18 +91,9 @@ def ingredient_title(key: str, lang: str) -> str:
     return ing.title(lang) if ing else key
 
 
-def _canonical(system: str) -> str:
-    try:
-        from cds_service.terminology.systems import canonical_system
-    except ImportError:  # pragma: no cover - systems.py is part of the package
-        return system
-    return canonical_system(system)
-
-
 def expand(text: str, lexicon: Lexicon) -> str:
     """A product name normalised, its abbreviations expanded and its cation runs distributed:
     "ALUM-MAG HYDROXIDE-SIMETH" -> "aluminium hydroxide magnesium hydroxide simethicone"."""
-    from cds_service.terminology import normalise_text
 
     words = normalise_text(text).split()
     out: list[str] = []
@@ -194,9 +186,8 @@ class _Recognition:
             sent, code = coding.get("system"), coding.get("code")
             if not isinstance(sent, str) or not isinstance(code, str) or not code.strip():
                 continue
-            from cds_service.terminology import normalise_code
 
-            system = _canonical(sent)
+            system = canonical_system(sent)
             key = (system, normalise_code(system, code))
             if key in self.lexicon.combination_codes:
                 continue  # says nothing alone about the salts: the composition decides
@@ -228,7 +219,6 @@ class _Recognition:
                 self.add([m.valueset], how or kind, product=kind == PRODUCT_CODE, **where)
 
     def _concept_display(self, valueset: str, system: str, code: str) -> str | None:
-        from cds_service.terminology import normalise_code
 
         for c in self.terminology[valueset].concepts:
             if c.system == system and normalise_code(c.system, c.code) == code:
@@ -239,7 +229,7 @@ class _Recognition:
     def _kind(system: str, display: str | None) -> str:
         """A value set code is an ingredient code unless its display names a strength or a
         dose form (an RxNorm clinical or branded drug)."""
-        if system == ATC_SYSTEM or not display or not re.search(r"\d", display):
+        if system == ATC or not display or not re.search(r"\d", display):
             return INGREDIENT_CODE
         return PRODUCT_CODE
 
@@ -256,7 +246,6 @@ class _Recognition:
 
     def brands(self, texts: Iterable[str]) -> None:
         """Step 5: brand / proprietary names with their verified composition."""
-        from cds_service.terminology import normalise_text
 
         for text in texts:
             haystack = normalise_text(text)
@@ -308,7 +297,6 @@ def _form_evidence(
     medication: Mapping[str, Any] | None,
     request: Mapping[str, Any] | None,
 ) -> _FormEvidence:
-    from cds_service.terminology import normalise_text
 
     forms = lexicon.forms
     texts = list(names)
@@ -373,7 +361,6 @@ def exposure(evidence: _FormEvidence, lexicon: Lexicon, valueset: Any) -> str | 
 
 def name_exposure(name: str, valueset: Any) -> str | None:
     """LOCAL, SYSTEMIC or None for a product name alone (e.g. a code's display)."""
-    from cds_service.terminology import normalise_text
 
     evidence = _FormEvidence(False, (), (), normalise_text(name))
     return exposure(evidence, load_lexicon(), valueset)
@@ -425,7 +412,6 @@ def match_medication(
 ) -> list[Match]:
     """Drug value sets of an order's product, recognised in the documented order; `request`
     (the MedicationRequest) gives the routes of its dosage instructions."""
-    from cds_service.terminology import Match
 
     lexicon = lexicon_for(terminology)
     rec = _Recognition(terminology, lexicon)

@@ -114,6 +114,7 @@ from cds_service.terminology import (
     normalise_code,
     normalise_text,
 )
+from cds_service.terminology.systems import canonical_system
 
 PRODUCT_DIR = Path(__file__).resolve().parent
 TTYS = frozenset(
@@ -170,8 +171,6 @@ def system_key(system: str) -> str:
     """A code system as the route/form index holds it: canonical (OIDs and version URIs mapped,
     see systems.py), without scheme or trailing slash, lower case ("https://standardterms.edqm.eu/"
     == "http://standardterms.edqm.eu")."""
-    from cds_service.terminology.systems import canonical_system
-
     key = canonical_system(system.strip()).lower()
     return re.sub(r"^https?://", "", key).rstrip("/#")
 
