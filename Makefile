@@ -70,7 +70,7 @@ golden: $(VENV)/.installed-test
 # docs/codes.md: its tables of codes and products, from the value sets and the product lexicon
 # (the text around them is kept). tests/test_provenance.py fails when it is out of date.
 provenance: $(VENV)/.installed-run
-	$(BIN)/python -m cds_service.knowledge.provenance
+	$(BIN)/python -m cds_service.devtools.provenance
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -6,9 +6,9 @@ import logging
 
 from flask import Flask
 
-from cds_service import preview
+from cds_service import web
+from cds_service.devtools import preview
 from cds_service.engine import CdsEngine
-from cds_service.hooks.http import bp, register_error_handlers
 from cds_service.observability import configure_logging
 from cds_service.settings import Settings
 from cds_service.store import Store
@@ -49,8 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # keep cards in the order the spec documents them
     app.extensions["cds_engine"] = CdsEngine(settings, store)
     app.extensions["cds_verifier"] = _verifier(settings, store)
-    app.register_blueprint(bp)
+    web.init_app(app)
     if settings.preview:  # the card preview page at "/" (a developer tool, CDS_PREVIEW)
         app.register_blueprint(preview.bp)
-    register_error_handlers(app)
     return app

@@ -20,9 +20,10 @@ from cds_service.cards import INDICATORS, Renderer, load_library, proposed_value
 from cds_service.errors import InputError, NotFound, PrefetchUnavailable
 from cds_service.fhir import prefetch
 from cds_service.fhir.client import FhirFetcher
-from cds_service.fhir.record import Located, build_record, warm_up
+from cds_service.fhir.record import Located, warm_up
 from cds_service.hooks.services import ServiceDefinition, load_services
 from cds_service.hooks.validation import first_violation
+from cds_service.knowledge.chart import build_chart
 from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.safety import table_valuesets
 from cds_service.observability import Metrics, create_metrics
@@ -56,7 +57,9 @@ class CdsEngine:
         self.terminology = Terminology.load()
         self.library = load_library(settings.cards_dir, self.terminology)
         self.renderer = Renderer(self.library)
-        self.services: dict[str, ServiceDefinition] = load_services(self.terminology)
+        self.services: dict[str, ServiceDefinition] = load_services(
+            self.terminology, known_rules=rules.RULES
+        )
         needed = {r for s in self.services.values() for r in s.rules} | set(rules.SERVICE_CARDS)
         missing = needed - set(self.library.cards)
         if missing:
@@ -141,7 +144,7 @@ class CdsEngine:
             raise
         now = self.settings.now()
         drafts = draft_orders(body["context"]) if service.hook in ORDER_HOOKS else None
-        record = build_record(
+        record = build_chart(
             found.resources, patient_id, self.terminology, now, drafts, found.notes
         )
         if record.patient.deceased:  # no advice about a deceased patient (issue 11)

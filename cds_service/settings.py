@@ -31,7 +31,7 @@ INTEGER_SETTINGS = (
 )
 DEVELOPMENT_HASH_KEY = "calcinosis-cds-development-key"
 
-# Card indicators, least urgent first (as in cds_service/cards.py, which settings cannot import).
+# Card indicators, least urgent first (as in cds_service/cards/, which settings cannot import).
 SNOOZE_INDICATORS = ("info", "warning", "critical")
 # Environment variable -> Settings field, for the snooze durations (see the README, "Settings"):
 # how long an overridden patient-view card stays hidden, by indicator, after an override with a

@@ -20,8 +20,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 
 from cds_service.app import create_app
-from cds_service.fixture_set import transaction_bundle
-from cds_service.hookrequest import resources_of
+from cds_service.devtools.fixture_set import transaction_bundle
+from cds_service.devtools.hookrequest import resources_of
 from cds_service.hooks.validation import violations
 from cds_service.settings import Settings
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from cds_service.fhir.record import Located, PatientRecord, build_record
+from cds_service.fhir.record import Located
+from cds_service.knowledge.chart import Chart, build_chart
 from cds_service.terminology import Terminology
 from tests.conftest import NOW
 
@@ -145,9 +146,9 @@ def medication(status: str = "active", rid: str = "m1", **concept: Any) -> dict[
     return res
 
 
-def record(*resources: dict[str, Any], now: datetime = NOW) -> PatientRecord:
+def record(*resources: dict[str, Any], now: datetime = NOW) -> Chart:
     located = [Located(f"prefetch.test.entry[{i}].resource", r) for i, r in enumerate(resources)]
-    return build_record(located, PID, TERMINOLOGY, now)
+    return build_chart(located, PID, TERMINOLOGY, now)
 
 
 def lesion(size: float, unit: str, focus: str = "c", rid: str = "size") -> dict[str, Any]:

@@ -20,9 +20,10 @@ from flask import Flask
 from cds_service import rules
 from cds_service.app import create_app
 from cds_service.cards import CardLibrary, Renderer
-from cds_service.fhir.record import Located, PatientRecord, build_record
-from cds_service.hookrequest import build_request
+from cds_service.devtools.hookrequest import build_request
+from cds_service.fhir.record import Located
 from cds_service.hooks.services import load_services
+from cds_service.knowledge.chart import Chart, build_chart
 from cds_service.rules import card_set
 from cds_service.rules.base import Finding
 from cds_service.settings import DEFAULT_CARDS_DIR, Settings
@@ -50,13 +51,13 @@ def draft(code: str, rid: str) -> dict[str, Any]:
     return {**h.drug(code, rid=rid), "status": "draft", "authoredOn": NOW.date().isoformat()}
 
 
-def with_drafts(resources: list[dict[str, Any]], drafts: list[dict[str, Any]]) -> PatientRecord:
+def with_drafts(resources: list[dict[str, Any]], drafts: list[dict[str, Any]]) -> Chart:
     located = [Located(f"prefetch.test.entry[{i}].resource", r) for i, r in enumerate(resources)]
     orders = [Located(f"context.draftOrders.entry[{i}].resource", d) for i, d in enumerate(drafts)]
-    return build_record(located, h.PID, h.TERMINOLOGY, NOW, orders or None)
+    return build_chart(located, h.PID, h.TERMINOLOGY, NOW, orders or None)
 
 
-def composed(record: PatientRecord, hook: str = "patient-view") -> list[Finding]:
+def composed(record: Chart, hook: str = "patient-view") -> list[Finding]:
     return card_set.compose(rules.run(SAFETY, record), hook, RENDERER.indicator)
 
 

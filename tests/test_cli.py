@@ -18,8 +18,8 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from werkzeug.serving import make_server
 
-from cds_service.cli import main
-from cds_service.fixture_set import list_fixtures
+from cds_service.devtools.cli import main
+from cds_service.devtools.fixture_set import list_fixtures
 from cds_service.settings import DEFAULT_CARDS_DIR, DEFAULT_FIXTURES_DIR
 from tests.conftest import (
     NOW,

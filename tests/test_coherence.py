@@ -26,16 +26,10 @@ from flask.testing import FlaskClient
 
 from cds_service.app import create_app
 from cds_service.cards import CardLibrary, Renderer, proposed_valuesets
-from cds_service.fhir.record import (
-    ConditionFact,
-    LabResult,
-    Located,
-    MedicationFact,
-    PatientRecord,
-    build_record,
-)
-from cds_service.hookrequest import build_request, resources_of
+from cds_service.devtools.hookrequest import build_request, resources_of
+from cds_service.fhir.record import ConditionFact, LabResult, Located, MedicationFact
 from cds_service.hooks.services import load_services
+from cds_service.knowledge.chart import Chart, build_chart
 from cds_service.knowledge.renal import RenalStatus
 from cds_service.knowledge.safety import load_table
 from cds_service.rules import RULES, coherence
@@ -102,7 +96,7 @@ PROBES: dict[str, list[dict[str, Any]]] = {
 }
 
 
-def probe_record(name: str) -> PatientRecord:
+def probe_record(name: str) -> Chart:
     return h.record(*PROBES[name])
 
 
@@ -168,10 +162,10 @@ def test_a_stopped_order_is_not_a_current_one() -> None:
     )
 
 
-def with_draft(drug: str) -> PatientRecord:
+def with_draft(drug: str) -> Chart:
     """A patient with a normal eGFR and one draft order of `drug` under review."""
     draft = h.drug(drug, rid="d1", status="draft")
-    return build_record(
+    return build_chart(
         [Located("prefetch.p", h.patient()), Located("prefetch.e", h.egfr(80))],
         h.PID,
         h.TERMINOLOGY,
@@ -231,7 +225,7 @@ def test_the_check_agrees_with_the_table_row_by_row() -> None:
 
 
 def test_a_rule_that_cannot_run_withholds_the_drug(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(rule: Any, record: PatientRecord) -> list[Any]:
+    def broken(rule: Any, record: Chart) -> list[Any]:
         raise RuntimeError("boom")
 
     monkeypatch.setattr(coherence, "evaluate_rule", broken)
@@ -398,7 +392,7 @@ def _valuesets_of(
 ) -> set[str]:
     """The value sets of the patient's current orders (active, on-hold, drafts under review)."""
     kept = [r for r in resources if r.get("resourceType") in ("MedicationRequest", "Medication")]
-    rec = build_record(
+    rec = build_chart(
         [Located(f"p[{i}]", r) for i, r in enumerate(kept)],
         pid,
         h.TERMINOLOGY,
@@ -418,7 +412,7 @@ def _proposed(
             resource = action.get("resource") or {}
             if action["type"] != "create" or resource.get("resourceType") != "MedicationRequest":
                 continue
-            rec = build_record([], pid, h.TERMINOLOGY, now, drafts=[Located("s", resource)])
+            rec = build_chart([], pid, h.TERMINOLOGY, now, drafts=[Located("s", resource)])
             assert rec.drafts, f"a proposal the service itself cannot read: {resource}"
             found.append((set(rec.drafts[0].valuesets), resource))
     return found

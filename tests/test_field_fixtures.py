@@ -31,7 +31,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from cds_service.app import create_app
-from cds_service.fhir.record import Located, build_record
+from cds_service.fhir.record import Located
+from cds_service.knowledge.chart import build_chart
 from cds_service.rules import RULES, SERVICE_CARDS
 from tests.conftest import NOW, ROOT, SERVICES, assert_valid_response, make_settings
 from tests.fhir_stub import StubFhirServer
@@ -260,7 +261,7 @@ def test_field_fixture(
 def test_field_fixture_conditions_are_recognised(hook: str, name: str) -> None:
     ehr = EHRS[(hook, name)]
     located = [Located(f"field[{i}]", r) for i, r in enumerate(ehr.everything.values())]
-    record = build_record(located, ehr.request["context"]["patientId"], TERMINOLOGY, anchor(ehr))
+    record = build_chart(located, ehr.request["context"]["patientId"], TERMINOLOGY, anchor(ehr))
     for valueset in ehr.expected["recognised"]:
         assert record.conditions_in(valueset), f"{name}: no {valueset} condition recognised"
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from cds_service.cards import CardLibrary, Renderer
-from cds_service.fhir.record import Located, build_record
+from cds_service.fhir.record import Located
+from cds_service.knowledge.chart import build_chart
 from cds_service.rules import RULES, Finding, info_card
 from cds_service.settings import DEFAULT_CARDS_DIR, Settings, SettingsError
 from tests import helpers as h
@@ -222,7 +223,7 @@ def patient_view_outcomes() -> list[tuple[str, bool, list[dict[str, Any]]]]:
             request = json.loads(request_path.read_text(encoding="utf-8"))
             located = [Located(f"f[{i}]", r) for i, r in enumerate(_resources(request, expected))]
             now = datetime.fromisoformat(f"{expected['asOf']}T12:00:00+00:00")
-            record = build_record(located, request["context"]["patientId"], h.TERMINOLOGY, now)
+            record = build_chart(located, request["context"]["patientId"], h.TERMINOLOGY, now)
             ssc_calcinosis = bool(
                 record.conditions_in("systemic-sclerosis") and record.conditions_in("calcinosis")
             )

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask.testing import FlaskClient
 
-from cds_service.preview.routes import STATIC_DIR
+from cds_service.devtools.preview.routes import STATIC_DIR
 from tests.conftest import (
     FIXTURE_ROOT,
     SERVICES,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.cli import main as cli_main
-from cds_service.knowledge import provenance
-from cds_service.knowledge.provenance import (
+from cds_service.devtools import provenance
+from cds_service.devtools.cli import main as cli_main
+from cds_service.devtools.provenance import (
     CODES_MD,
     PROJECT_DIR,
     SOURCES_MD,

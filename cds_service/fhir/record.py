@@ -33,7 +33,6 @@ from pydantic import ValidationError
 
 from cds_service.errors import InputError
 from cds_service.fhir import units
-from cds_service.knowledge import renal
 from cds_service.terminology import Match, Terminology, normalise_text
 
 log = logging.getLogger(__name__)
@@ -208,10 +207,10 @@ class PatientRecord:
     labs: Mapping[str, LabResult]
     medications: tuple[MedicationFact, ...]
     notes: tuple[DataNote, ...]
-    renal: renal.RenalStatus
     # Draft orders under review (order-select / order-sign); None at patient-view.
     drafts: tuple[MedicationFact, ...] | None = None
     results: Mapping[str, CodedResult] = field(default_factory=dict)  # latest per concept
+    procedures: tuple[ProcedureFact, ...] = ()  # dialysis sessions, kidney transplantations
 
     def conditions_in(self, valueset: str) -> list[ConditionFact]:
         return [c for c in self.conditions if valueset in c.valuesets]
@@ -535,9 +534,6 @@ def build_record(
                     results[concept] = coded
                     break
 
-    status = renal.assess(
-        patient, labs.get("egfr"), labs.get("creatinine"), conditions, now, procedures
-    )
     return PatientRecord(
         patient=patient,
         now=now,
@@ -545,9 +541,9 @@ def build_record(
         labs=labs,
         medications=tuple(medications),
         notes=tuple(notes),
-        renal=status,
         drafts=tuple(draft_facts) if draft_facts is not None else None,
         results=results,
+        procedures=tuple(procedures),
     )
 
 

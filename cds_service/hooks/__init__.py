@@ -1,1 +1,6 @@
-"""The CDS Hooks protocol: service definitions, schemas, HTTP routes."""
+"""The CDS Hooks protocol, without Flask: JSON Schemas and their validation, service
+definitions, the OpenAPI description."""
+
+from pathlib import Path
+
+OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.yaml"

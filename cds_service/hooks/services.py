@@ -6,14 +6,13 @@ here to know its hook, its prefetch keys and the rules it runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cds_service.rules import RULES
 from cds_service.terminology import LOINC, Terminology
 
 SERVICES_FILE = Path(__file__).resolve().parent / "services.yaml"
@@ -67,13 +66,16 @@ def _flatten(items: Any) -> list[str]:
 
 
 def load_services(
-    terminology: Terminology, path: Path = SERVICES_FILE
+    terminology: Terminology,
+    path: Path = SERVICES_FILE,
+    known_rules: Collection[str] | None = None,
 ) -> dict[str, ServiceDefinition]:
-    """All service definitions, keyed by id (checked against the rule registry)."""
+    """All service definitions, keyed by id; with `known_rules` (the engine passes its rule
+    registry), a service naming any other rule is refused."""
     services: dict[str, ServiceDefinition] = {}
     for raw in yaml.safe_load(path.read_text(encoding="utf-8")):
         rules = _flatten(raw["rules"])
-        unknown = [r for r in rules if r not in RULES]
+        unknown = [r for r in rules if known_rules is not None and r not in known_rules]
         if unknown:
             raise ValueError(f"services.yaml: {raw['id']} names unknown rules {unknown}")
         services[raw["id"]] = ServiceDefinition(

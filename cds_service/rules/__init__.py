@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from cds_service.fhir.record import PatientRecord
+from cds_service.knowledge.chart import Chart
 from cds_service.rules import (
     calcinosis_risk_screening,
     calcinosis_synthesis,
@@ -23,7 +23,7 @@ from cds_service.rules.data_notes import DATA_NOT_READ
 from cds_service.rules.treatment_safety import table_rules
 
 log = logging.getLogger(__name__)
-Rule = Callable[[PatientRecord], list[Finding]]
+Rule = Callable[[Chart], list[Finding]]
 
 # Calcinosis rules, one module each (calcinosis_context, calcinosis_lesion and calcinosis_workup
 # are fact producers of calcinosis_synthesis, not rules); treatment-safety rules, one engine over
@@ -45,7 +45,7 @@ CHECK_FAILED = "check-failed"
 SERVICE_CARDS = (CHECK_FAILED, DATA_NOT_READ)
 
 
-def run(rule_ids: Iterable[str], record: PatientRecord) -> list[Finding]:
+def run(rule_ids: Iterable[str], record: Chart) -> list[Finding]:
     """Run the named rules on one record, in order. A rule that raises does not silence the
     others: it is logged (its exception type only, never patient data) and reported by a
     `check-failed` finding, since silence must never read as "safe"."""

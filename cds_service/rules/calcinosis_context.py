@@ -24,21 +24,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from cds_service.fhir.record import PatientRecord
+from cds_service.knowledge.chart import Chart
 
 OTHER_CTD = ("dermatomyositis", "systemic-lupus")
 DISEASES = ("systemic-sclerosis", *OTHER_CTD)
 
 
-def has_systemic_sclerosis(record: PatientRecord) -> bool:
+def has_systemic_sclerosis(record: Chart) -> bool:
     return record.has_condition("systemic-sclerosis")
 
 
-def has_documented_calcinosis(record: PatientRecord) -> bool:
+def has_documented_calcinosis(record: Chart) -> bool:
     return record.has_condition("calcinosis")
 
 
-def disease(record: PatientRecord) -> tuple[str | None, tuple[Any, ...]]:
+def disease(record: Chart) -> tuple[str | None, tuple[Any, ...]]:
     """The connective-tissue disease behind the calcinosis (a value set of DISEASES, or None)
     and its conditions."""
     for valueset in DISEASES:

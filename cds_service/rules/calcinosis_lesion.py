@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cds_service.fhir.record import PatientRecord
+from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.loader import thresholds
 
 ORDER = ("small", "large", "tumoral", "inflammatory", "infected", "ulcerated", "disabling")
@@ -40,7 +40,7 @@ def _says(text: str, words: tuple[str, ...]) -> bool:
     return any(f" {word} " in padded for word in words)
 
 
-def lesion_features(record: PatientRecord) -> tuple[list[str], list[Any]]:
+def lesion_features(record: Chart) -> tuple[list[str], list[Any]]:
     """The recorded features of the calcinosis lesions, and the facts they come from."""
     limits = thresholds()["calcinosis_lesion"]
     calcinosis = record.conditions_in("calcinosis")

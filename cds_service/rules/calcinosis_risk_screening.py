@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from cds_service.fhir.record import CodedResult, PatientRecord
+from cds_service.fhir.record import CodedResult
+from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.loader import thresholds
 from cds_service.rules.base import Finding
 
@@ -38,7 +39,7 @@ def is_positive(result: CodedResult) -> bool:
     return result.quantity is not None and result.high is not None and result.quantity > result.high
 
 
-def evaluate(record: PatientRecord) -> list[Finding]:
+def evaluate(record: Chart) -> list[Finding]:
     ssc = record.conditions_in("systemic-sclerosis")
     if not ssc or record.has_condition("calcinosis"):
         return []

@@ -19,7 +19,7 @@ the card's links, not a card at every chart opening (docs/knowledge.md, "Card se
 
 from __future__ import annotations
 
-from cds_service.fhir.record import PatientRecord
+from cds_service.knowledge.chart import Chart
 from cds_service.rules import calcinosis_context, calcinosis_lesion, calcinosis_workup
 from cds_service.rules.base import Finding
 
@@ -38,7 +38,7 @@ def variant(features: list[str], missing: list[str]) -> str | None:
     return None
 
 
-def evaluate(record: PatientRecord) -> list[Finding]:
+def evaluate(record: Chart) -> list[Finding]:
     calcinosis = record.conditions_in("calcinosis")
     if not calcinosis:
         return []

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cds_service.fhir.record import PatientRecord
+from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.renal import RenalStatus
 from cds_service.rules.base import Finding
@@ -29,7 +29,7 @@ RULE_ID = "calcinosis-type"
 ADVANCED_CKD = frozenset({"G4", "G5", "G5D"})
 
 
-def abnormalities(record: PatientRecord) -> tuple[list[tuple[str, Any]], bool]:
+def abnormalities(record: Chart) -> tuple[list[tuple[str, Any]], bool]:
     """What points away from dystrophic calcinosis, and whether renal failure is among it."""
     limits = thresholds()["calcinosis_type"]
     max_days = limits["max_age_days"]
@@ -66,7 +66,7 @@ def abnormalities(record: PatientRecord) -> tuple[list[tuple[str, Any]], bool]:
     return found, advanced
 
 
-def evaluate(record: PatientRecord) -> list[Finding]:
+def evaluate(record: Chart) -> list[Finding]:
     calcinosis = record.conditions_in("calcinosis")
     if not calcinosis:
         return []

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cds_service.fhir.record import PatientRecord
+from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.loader import thresholds
 
 # Test -> (lab concepts that count as done, value set of the order to suggest).
@@ -29,7 +29,7 @@ TESTS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
-def missing_tests(record: PatientRecord) -> list[str]:
+def missing_tests(record: Chart) -> list[str]:
     """Order value sets of the tests without a recent result."""
     max_days = thresholds()["calcinosis_workup"]["max_age_days"]
     missing = []
@@ -45,7 +45,7 @@ def missing_tests(record: PatientRecord) -> list[str]:
     return missing
 
 
-def unit_notes(record: PatientRecord) -> list[Any]:
+def unit_notes(record: Chart) -> list[Any]:
     """Work-up results in a unit the service cannot read, so the card says why they count as
     missing."""
     tested = {concept for concepts, _order in TESTS for concept in concepts}

@@ -28,7 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cds_service.fhir.record import ConditionFact, LabResult, MedicationFact, PatientRecord
+from cds_service.fhir.record import ConditionFact, LabResult, MedicationFact
+from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.renal import RenalStatus
 from cds_service.knowledge.safety import load_table
 from cds_service.rules.base import Finding
@@ -95,14 +96,14 @@ def proposed_order(valueset: str) -> MedicationFact:
     )
 
 
-def current_orders(record: PatientRecord, valueset: str) -> tuple[MedicationFact, ...]:
+def current_orders(record: Chart, valueset: str) -> tuple[MedicationFact, ...]:
     """The patient's orders of a value set: active and on-hold, and the drafts under review."""
     return tuple(
         m for m in (*record.medications, *(record.drafts or ())) if valueset in m.valuesets
     )
 
 
-def safety_of(record: PatientRecord, valueset: str) -> tuple[tuple[Finding, ...], tuple[str, ...]]:
+def safety_of(record: Chart, valueset: str) -> tuple[tuple[Finding, ...], tuple[str, ...]]:
     """What the treatment-safety table would say if `valueset` were ordered now: the findings
     about that draft order, and the table rules that could not be run."""
     proposed = proposed_order(valueset)
@@ -126,7 +127,7 @@ def safety_of(record: PatientRecord, valueset: str) -> tuple[tuple[Finding, ...]
     return tuple(findings), tuple(unchecked)
 
 
-def withheld_proposals(record: PatientRecord, valuesets: Iterable[str]) -> Mapping[str, Withheld]:
+def withheld_proposals(record: Chart, valuesets: Iterable[str]) -> Mapping[str, Withheld]:
     """Of the value sets the cards of a response may propose, those not to propose to this
     patient, and why."""
     withheld: dict[str, Withheld] = {}

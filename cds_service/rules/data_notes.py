@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cds_service.fhir.record import DataNote, PatientRecord
+from cds_service.fhir.record import DataNote
+from cds_service.knowledge.chart import Chart
 from cds_service.rules.base import Finding
 
 DATA_NOT_READ = "data-not-read"
@@ -21,7 +22,7 @@ DATA_NOT_READ = "data-not-read"
 LEFT_OUT = frozenset({"unreadable", "unidentified-order", "incomplete"})
 
 
-def attach(findings: list[Finding], record: PatientRecord) -> list[Finding]:
+def attach(findings: list[Finding], record: Chart) -> list[Finding]:
     """The findings, with "possibly incomplete" notes added to each, and a `data-not-read`
     finding for left-out data that no finding already shows."""
     incomplete = tuple(n for n in record.notes if n.kind == "incomplete")

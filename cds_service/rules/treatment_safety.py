@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from cds_service.fhir.record import DataNote, MedicationFact, PatientRecord
+from cds_service.fhir.record import DataNote, MedicationFact
+from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.renal import RenalStatus
 from cds_service.knowledge.safety import CODED_STAGE_BOUND, Row, SafetyRule, load_table
 from cds_service.rules.base import Finding
@@ -57,13 +58,13 @@ def renal_bound(renal: RenalStatus) -> float | None:
     return None
 
 
-def renal_notes(record: PatientRecord) -> list[DataNote]:
+def renal_notes(record: Chart) -> list[DataNote]:
     """Notes about renal data that could not be used (a unit not recognised, an unreadable
     eGFR): part of the renal evidence, so the card says what it could not read."""
     return [n for n in record.notes if n.concept in RENAL_CONCEPTS]
 
 
-def _renal_evidence(record: PatientRecord) -> list[Any]:
+def _renal_evidence(record: Chart) -> list[Any]:
     renal = record.renal
     return [
         renal,
@@ -72,7 +73,7 @@ def _renal_evidence(record: PatientRecord) -> list[Any]:
     ]
 
 
-def holds(when: Mapping[str, Any], record: PatientRecord) -> tuple[bool, list[Any]]:
+def holds(when: Mapping[str, Any], record: Chart) -> tuple[bool, list[Any]]:
     """Whether a criterion holds, and the record facts that make it hold (the first one is
     what the card calls the criterion)."""
     evidence: list[Any] = []
@@ -84,7 +85,7 @@ def holds(when: Mapping[str, Any], record: PatientRecord) -> tuple[bool, list[An
     return True, evidence
 
 
-def _one(key: str, value: Any, record: PatientRecord) -> tuple[bool, list[Any]]:
+def _one(key: str, value: Any, record: Chart) -> tuple[bool, list[Any]]:
     renal = record.renal
     if key in ("renal_below", "renal_below_inclusive"):
         bound = renal_bound(renal)
@@ -124,7 +125,7 @@ def _one(key: str, value: Any, record: PatientRecord) -> tuple[bool, list[Any]]:
     raise ValueError(f"unknown criterion {key}")  # load_table() prevents this
 
 
-def _current_condition(value: Mapping[str, Any], record: PatientRecord) -> tuple[bool, list[Any]]:
+def _current_condition(value: Mapping[str, Any], record: Chart) -> tuple[bool, list[Any]]:
     """An active condition of the value sets that is current: asserted (latest of onset and
     recordedDate) within ``max_age_days``, or undated; and not contradicted by the latest
     reading of ``unless_lab_at_least.concept`` at or above its value, taken after the
@@ -158,7 +159,7 @@ def _current_condition(value: Mapping[str, Any], record: PatientRecord) -> tuple
 
 def _first_row(
     rule: SafetyRule,
-    record: PatientRecord,
+    record: Chart,
     order: MedicationFact,
     partner: MedicationFact | None = None,
 ) -> tuple[Row, list[Any]] | None:
@@ -198,11 +199,11 @@ def record_renal(evidence: list[Any]) -> RenalStatus | None:
     return next((e for e in evidence if isinstance(e, RenalStatus)), None)
 
 
-def _all_orders(record: PatientRecord) -> list[MedicationFact]:
+def _all_orders(record: Chart) -> list[MedicationFact]:
     return [*record.medications, *(record.drafts or ())]
 
 
-def evaluate_rule(rule: SafetyRule, record: PatientRecord) -> list[Finding]:
+def evaluate_rule(rule: SafetyRule, record: Chart) -> list[Finding]:
     if not rule.interaction:
         findings = []
         for order in {o.ref: o for vs in rule.drugs for o in record.orders_in(vs)}.values():
@@ -228,10 +229,10 @@ def evaluate_rule(rule: SafetyRule, record: PatientRecord) -> list[Finding]:
     return findings
 
 
-def table_rules() -> dict[str, Callable[[PatientRecord], list[Finding]]]:
+def table_rules() -> dict[str, Callable[[Chart], list[Finding]]]:
     """One rule callable per table entry, for the rule registry."""
 
-    def make(rule: SafetyRule) -> Callable[[PatientRecord], list[Finding]]:
+    def make(rule: SafetyRule) -> Callable[[Chart], list[Finding]]:
         return lambda record: evaluate_rule(rule, record)
 
     return {rule_id: make(rule) for rule_id, rule in load_table().items()}

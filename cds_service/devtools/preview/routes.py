@@ -7,7 +7,7 @@
 - ``GET /preview/fixtures/<hook>/<name>``: one fixture's CDS Hooks request. Only names found by
   listing the folder are served, so no path ever reaches the file system from the URL.
 - ``POST /preview/requests``: ``{"serviceId", "bundle", "patientId"?}`` -> the CDS Hooks
-  request the service would receive for these FHIR resources (cds_service.hookrequest).
+  request the service would receive for these FHIR resources (cds_service.devtools.hookrequest).
 
 The routes need no JWT even with CDS_AUTH=jwt (authentication guards /cds-services only):
 they expose synthetic fixtures and a request builder, never the store.
@@ -19,11 +19,11 @@ from pathlib import Path
 
 from flask import Blueprint, Response, jsonify
 
+from cds_service.devtools.fixture_set import list_fixtures
+from cds_service.devtools.hookrequest import RequestBuildError, build_request, resources_of
 from cds_service.errors import InputError, NotFound
-from cds_service.fixture_set import list_fixtures
-from cds_service.hookrequest import RequestBuildError, build_request, resources_of
-from cds_service.hooks.http import _json_body, engine
 from cds_service.settings import Settings
+from cds_service.web import engine, json_body
 
 bp = Blueprint("preview", __name__)
 
@@ -92,7 +92,7 @@ def fixture(hook: str, name: str) -> Response:
 @bp.post("/preview/requests")
 def build() -> Response:
     """The CDS Hooks request a service would receive for one patient's FHIR resources."""
-    body = _json_body()
+    body = json_body()
     service_id = body.get("serviceId")
     if not isinstance(service_id, str) or not service_id:
         raise InputError("serviceId must be the id of a CDS service", path="serviceId")

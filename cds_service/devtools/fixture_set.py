@@ -13,7 +13,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from cds_service.hookrequest import resources_of
+from cds_service.devtools.hookrequest import resources_of
 
 HOOKS = ("patient-view", "order-select", "order-sign")
 REQUEST_SUFFIX = ".request.json"

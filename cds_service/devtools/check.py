@@ -16,9 +16,9 @@ from datetime import UTC, datetime, time
 
 from cds_service import rules
 from cds_service.cards import CardContentError, CardLibrary, load_library
-from cds_service.fixture_set import list_fixtures
+from cds_service.devtools import provenance
+from cds_service.devtools.fixture_set import list_fixtures
 from cds_service.hooks.services import load_services
-from cds_service.knowledge import provenance
 from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.safety import table_valuesets
 from cds_service.settings import Settings
@@ -162,7 +162,7 @@ class KnowledgeChecks:
 
     def services(self) -> str:
         try:
-            services = load_services(self.terminology)
+            services = load_services(self.terminology, known_rules=rules.RULES)
         except (ValueError, KeyError) as exc:
             raise _Failed("services.yaml does not load", [str(exc)]) from None
         problems = [

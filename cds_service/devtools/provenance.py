@@ -6,8 +6,8 @@ verified. Its tables are generated from those files; the prose around them is wr
 and kept as it is. Regenerate after editing a value set or the lexicon:
 
     make provenance                                    (or, without make:)
-    python -m cds_service.knowledge.provenance         rewrite the tables of docs/codes.md
-    python -m cds_service.knowledge.provenance --check exit 1 when docs/codes.md is out of date
+    python -m cds_service.devtools.provenance         rewrite the tables of docs/codes.md
+    python -m cds_service.devtools.provenance --check exit 1 when docs/codes.md is out of date
 
 ``citation_problems`` is the check behind ``check-knowledge``'s "citations": every "seed NNN",
 seed file name and "codes.md §N" that a knowledge file cites resolves inside the repository, in
@@ -32,9 +32,9 @@ DOCS_DIR = PROJECT_DIR / "docs"
 CODES_MD = DOCS_DIR / "codes.md"
 SOURCES_MD = DOCS_DIR / "sources.md"
 PRODUCTS_DIR = VALUESET_DIR.parent / "products"
-KNOWLEDGE_DIR = Path(__file__).resolve().parent
+KNOWLEDGE_DIR = PROJECT_DIR / "cds_service" / "knowledge"
 RULES_DIR = KNOWLEDGE_DIR.parent / "rules"
-REGENERATE = "make provenance (or: python -m cds_service.knowledge.provenance)"
+REGENERATE = "make provenance (or: python -m cds_service.devtools.provenance)"
 
 # Which section of docs/codes.md holds the value sets of each resource type.
 SECTION_OF = {
@@ -282,7 +282,7 @@ def generated_blocks(
         if vs.get("applies_to") not in SECTION_OF:
             raise ProvenanceError(
                 f"{vs['id']}.yaml: applies to {vs.get('applies_to')!r}, which has no table in "
-                "docs/codes.md (add it to SECTION_OF in cds_service/knowledge/provenance.py "
+                "docs/codes.md (add it to SECTION_OF in cds_service/devtools/provenance.py "
                 "and a block to docs/codes.md)"
             )
         by_section[SECTION_OF[vs["applies_to"]]].append(vs)
@@ -435,7 +435,7 @@ def citation_problems(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cds_service.knowledge.provenance",
+        prog="python -m cds_service.devtools.provenance",
         description="Regenerate the tables of docs/codes.md from the value sets and the "
         "product lexicon (the prose around them is kept).",
     )

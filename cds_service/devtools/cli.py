@@ -26,15 +26,15 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from cds_service.errors import outcome_body
-from cds_service.fixture_set import (
+from cds_service.devtools.fixture_set import (
     REQUEST_SUFFIX,
     Fixture,
     find_fixture,
     list_fixtures,
     transaction_bundle,
 )
-from cds_service.hookrequest import RequestBuildError, build_request, resources_of
+from cds_service.devtools.hookrequest import RequestBuildError, build_request, resources_of
+from cds_service.errors import outcome_body
 from cds_service.settings import Settings, SettingsError
 
 PROG = "calcinosis-cds"
@@ -378,7 +378,7 @@ def _action(action: Mapping[str, Any]) -> str:
 
 
 def cmd_check_knowledge(args: argparse.Namespace) -> int:
-    from cds_service.knowledge.check import KnowledgeChecks
+    from cds_service.devtools.check import KnowledgeChecks
 
     settings = _settings(args)
     print(f"Checking the knowledge (cards in {settings.cards_dir})")

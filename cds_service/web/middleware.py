@@ -1,0 +1,126 @@
+"""What runs around every request, in this order:
+
+1. `start_clock`: the time of every request includes authentication;
+2. `authenticate`: with CDS_AUTH=jwt, a trusted issuer's JWT on every /cds-services call;
+3. the view;
+4. `cors`, then `security_headers`, then `observe` (metrics and the call's log line), which
+   runs last so that it sees the final status.
+
+Flask runs after-request functions in the reverse order of their registration, hence the
+order of `init_app`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from flask import Flask, Response, current_app, g, request
+
+from cds_service.observability import Metrics, service_labels
+from cds_service.trust import AuthError, JwtVerifier
+from cds_service.web.body import engine
+
+log = logging.getLogger("cds_service.http")
+
+# Endpoint -> the message of its log line (one per call, written once the status is known).
+CALL_LOG_MESSAGES = {"cds_hooks.invoke": "hook call", "cds_hooks.feedback": "feedback"}
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+def measure(action: Callable[[Metrics], None]) -> None:
+    """Record a metric, if metrics are on (CDS_METRICS); recording never raises."""
+    metrics = engine().metrics
+    if metrics is not None:
+        action(metrics)
+
+
+def service_fields(service_id: str | None) -> dict[str, str]:
+    """The service and hook of a call, for logs (the same values as the metrics' labels)."""
+    service, hook = service_labels(engine().hooks, service_id)
+    return {"service": service, "hook": hook}
+
+
+def start_clock() -> None:
+    g.started = time.perf_counter()
+    g.log_fields = {}  # structured fields of this call's log line, filled in by the views
+
+
+def authenticate() -> Response | None:
+    """With CDS_AUTH=jwt, every discovery, service and feedback call carries a JWT from a
+    trusted issuer whose `aud` is the URL called. Any failure: a bare 401, the reason logged
+    (never the token)."""
+    verifier: JwtVerifier | None = current_app.extensions.get("cds_verifier")
+    g.client = None
+    if verifier is None or request.method == "OPTIONS":
+        return None
+    if not request.path.startswith("/cds-services"):
+        return None  # /healthz and /openapi.json are public
+    base = engine().settings.public_base_url or request.host_url.rstrip("/")
+    try:
+        g.client = verifier.verify(request.headers.get("Authorization"), base + request.path)
+    except AuthError as exc:
+        log.warning("refused a call to %s: %s", request.path, exc.reason)
+        return Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+    return None
+
+
+def cors(response: Response) -> Response:
+    """Let browser-based CDS clients (e.g. the CDS Hooks Sandbox) call the service."""
+    if request.method == "OPTIONS" and response.status_code == 200:
+        response.status_code = 204  # a preflight answer has no body
+        response.headers.pop("Content-Type", None)
+    origin = request.headers.get("Origin")
+    allowed = engine().settings.cors_origins
+    if origin and ("*" in allowed or origin in allowed):
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+        response.vary.add("Origin")
+        if request.method == "OPTIONS":
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Max-Age"] = "86400"
+    return response
+
+
+def security_headers(response: Response) -> Response:
+    """A JSON API: nothing to sniff, frame, cache or load."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def observe(response: Response) -> Response:
+    """Metrics and the log line of each hook and feedback call, with the final status."""
+    seconds = time.perf_counter() - g.get("started", time.perf_counter())
+    rule = request.url_rule
+    route = rule.rule if rule is not None else "unmatched"
+    service_id = (request.view_args or {}).get("service_id") if rule is not None else None
+    status = response.status_code
+    measure(lambda m: m.request(route, service_id, status, seconds))
+    message = CALL_LOG_MESSAGES.get(request.endpoint or "")
+    if message is not None and request.method == "POST":
+        level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+        fields = {
+            **service_fields(service_id),
+            **g.get("log_fields", {}),
+            "status": status,
+            "duration_ms": round(seconds * 1000, 1),
+        }
+        log.log(level, message, extra=fields)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(start_clock)
+    app.before_request(authenticate)
+    # After-request functions run last registered first: cors, security_headers, observe.
+    app.after_request(observe)
+    app.after_request(security_headers)
+    app.after_request(cors)
