@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from cds_service import rules
@@ -20,7 +20,9 @@ from cds_service.cards import INDICATORS, Renderer, load_library, proposed_value
 from cds_service.errors import InputError, NotFound, PrefetchUnavailable
 from cds_service.fhir import prefetch
 from cds_service.fhir.client import FhirFetcher
+from cds_service.fhir.coerce import parse_datetime
 from cds_service.fhir.record import Located, warm_up
+from cds_service.hooks import ORDER_HOOKS
 from cds_service.hooks.services import ServiceDefinition, load_services
 from cds_service.hooks.validation import first_violation
 from cds_service.knowledge.chart import build_chart
@@ -253,7 +255,7 @@ class CdsEngine:
                     override_system=reason.get("system"),
                     override_code=reason.get("code"),
                     override_display=reason.get("display"),
-                    outcome_at=_timestamp(item["outcomeTimestamp"]),
+                    outcome_at=_timestamp(item["outcomeTimestamp"], f"feedback[{i}]"),
                     received_at=received,
                 )
             )
@@ -276,9 +278,6 @@ class CdsEngine:
             log.error("could not record %d issued card(s): %s", len(issued), type(exc).__name__)
 
 
-ORDER_HOOKS = frozenset({"order-select", "order-sign"})
-
-
 def draft_orders(context: Mapping[str, Any]) -> list[Located]:
     """The draft orders under review: at order-select only those named in `selections`."""
     bundle = context["draftOrders"]
@@ -298,9 +297,12 @@ def draft_orders(context: Mapping[str, Any]) -> list[Located]:
     return drafts
 
 
-def _timestamp(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+def _timestamp(value: str, at: str) -> datetime:
+    """An RFC 3339 date-time, in UTC (the schema checked its shape, not that the day exists)."""
+    parsed = parse_datetime(value.upper())  # RFC 3339 allows a lower-case "t" and "z"
+    if parsed is None:
+        raise InputError("outcomeTimestamp is not a date-time", path=f"{at}.outcomeTimestamp")
+    return parsed
 
 
 def _check(schema: str, instance: Any, at: str = "") -> None:

@@ -43,11 +43,6 @@ class UnsupportedMediaType(InputError):
     code = "not-supported"
 
 
-class PayloadTooLarge(InputError):
-    status = 413
-    code = "too-long"
-
-
 class PrefetchUnavailable(InputError):
     """Required FHIR data was neither prefetched nor obtainable (CDS Hooks: 412)."""
 

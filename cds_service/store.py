@@ -265,6 +265,8 @@ class Store:
                 conn.execute(insert(feedback), rows)
 
     def feedback_for(self, card_uuid: str) -> list[FeedbackEntry]:
+        """The feedback stored on one card, in the order received. The service itself reads
+        only `feedback_summary`; the tests read this to check what a feedback call stored."""
         columns = [c for c in feedback.c if c.name != "id"]
         with self.engine.connect() as conn:
             rows = conn.execute(

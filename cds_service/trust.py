@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 import httpx
 import jwt
 
+from cds_service.urls import is_allowed
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ALGORITHMS = ("ES384", "RS384")
@@ -130,8 +132,9 @@ class TrustedIssuer:
             _check_jwks(self.jwks, f"issuer {self.iss!r} jwks")
 
     def allows_fhir_server(self, url: str) -> bool:
-        """Whether a request from this issuer may name `url` as its fhirServer."""
-        return url.rstrip("/") in {s.rstrip("/") for s in self.fhir_servers}
+        """Whether a request from this issuer may name `url` as its fhirServer: one of its
+        fhir_servers or below one (`cds_service.urls.is_allowed`, as for CDS_FHIR_SERVERS)."""
+        return is_allowed(url, self.fhir_servers)
 
 
 @dataclass(frozen=True)

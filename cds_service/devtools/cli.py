@@ -35,7 +35,7 @@ from cds_service.devtools.fixture_set import (
 )
 from cds_service.devtools.hookrequest import RequestBuildError, build_request, resources_of
 from cds_service.errors import outcome_body
-from cds_service.settings import Settings, SettingsError
+from cds_service.settings import SUPPORTED_LANGUAGES, Settings, SettingsError
 
 PROG = "calcinosis-cds"
 
@@ -468,16 +468,23 @@ def _positive(text: str) -> int:
     raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="CDS Hooks 2.0 service for calcinosis in systemic sclerosis.",
-        epilog=EPILOG,
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    formatter = argparse.RawDescriptionHelpFormatter
+# Options several commands take, declared once (`_shared`); a command may word its own help
+# or give a default.
+SHARED_OPTIONS: dict[str, dict[str, Any]] = {
+    "--cards-dir": {"type": Path, "help": "card content folder (CDS_CARDS_DIR)"},
+    "--fixtures-dir": {"type": Path, "help": "fixtures folder (CDS_FIXTURES_DIR)"},
+    "--lang": {"choices": SUPPORTED_LANGUAGES},
+    "--fhir-server": {"action": "append", "metavar": "URL"},
+    "--database-url": {},
+}
 
+
+def _shared(parser: argparse.ArgumentParser, flag: str, **own: Any) -> None:
+    """Add the shared option `flag` to a command, with what `own` words differently."""
+    parser.add_argument(flag, **{**SHARED_OPTIONS[flag], **own})
+
+
+def _serve_parser(commands: Any) -> None:
     serve = commands.add_parser(
         "serve",
         help="serve the CDS service over HTTP (gunicorn)",
@@ -502,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("WEB_CONCURRENCY", "2"),
         help="worker processes (default 2; WEB_CONCURRENCY)",
     )
-    serve.add_argument("--database-url", help="SQLAlchemy URL of the store (DATABASE_URL)")
+    _shared(serve, "--database-url", help="SQLAlchemy URL of the store (DATABASE_URL)")
     serve.add_argument("--auth", choices=("off", "jwt"), help="client authentication (CDS_AUTH)")
     serve.add_argument(
         "--trusted-issuers",
@@ -515,108 +522,96 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the URL clients call, for the JWT aud (CDS_PUBLIC_BASE_URL)",
     )
-    serve.add_argument(
+    _shared(
+        serve,
         "--fhir-server",
-        action="append",
-        metavar="URL",
         help="FHIR server to fetch missing prefetch from; repeatable (CDS_FHIR_SERVERS)",
     )
-    serve.add_argument(
-        "--lang", choices=("en", "fr"), help="default card language (CDS_DEFAULT_LANGUAGE)"
-    )
+    _shared(serve, "--lang", help="default card language (CDS_DEFAULT_LANGUAGE)")
     serve.add_argument(
         "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="LOG_LEVEL"
     )
-    serve.add_argument("--cards-dir", type=Path, help="card content folder (CDS_CARDS_DIR)")
+    _shared(serve, "--cards-dir")
     serve.set_defaults(func=cmd_serve)
 
+
+INVOKE_DESCRIPTION = """\
+Run a CDS hook in this process (or against a running service with --url) and
+print the cards: indicator, summary, rule, evidence level, source, suggestions.
+
+SOURCE is one of:
+  a fixture name           01-ssc-calcinosis (see `calcinosis-cds fixtures`)
+  a CDS Hooks request      fixtures/order-sign/31-sign-aluminium-ckd4-coded.request.json
+  a FHIR file              a Bundle or a resource of one patient
+  a folder of FHIR files   every *.json in it (resources or Bundles)
+or nothing, with --fhir-server URL --patient ID: the service fetches the data.
+For order-select and order-sign, the order is a draft MedicationRequest: in the
+files, or given with --draft FILE."""
+
+INVOKE_EXAMPLES = """\
+examples:
+  calcinosis-cds invoke 01-ssc-calcinosis --lang fr
+  calcinosis-cds invoke ./patient-folder --hook order-sign --draft order.json
+  calcinosis-cds invoke --fhir-server http://127.0.0.1:8081/fhir --patient fix-01
+  calcinosis-cds invoke 21-select-aluminium-egfr-22 --json"""
+
+
+def _invoke_parser(commands: Any) -> None:
     invoke = commands.add_parser(
         "invoke",
         help="run a hook and print the cards",
-        formatter_class=formatter,
-        description=textwrap.dedent(
-            """\
-            Run a CDS hook in this process (or against a running service with --url) and
-            print the cards: indicator, summary, rule, evidence level, source, suggestions.
-
-            SOURCE is one of:
-              a fixture name           01-ssc-calcinosis (see `calcinosis-cds fixtures`)
-              a CDS Hooks request      fixtures/order-sign/31-sign-aluminium-ckd4-coded.request.json
-              a FHIR file              a Bundle or a resource of one patient
-              a folder of FHIR files   every *.json in it (resources or Bundles)
-            or nothing, with --fhir-server URL --patient ID: the service fetches the data.
-            For order-select and order-sign, the order is a draft MedicationRequest: in the
-            files, or given with --draft FILE."""
-        ),
-        epilog=textwrap.dedent(
-            """\
-            examples:
-              calcinosis-cds invoke 01-ssc-calcinosis --lang fr
-              calcinosis-cds invoke ./patient-folder --hook order-sign --draft order.json
-              calcinosis-cds invoke --fhir-server http://127.0.0.1:8081/fhir --patient fix-01
-              calcinosis-cds invoke 21-select-aluminium-egfr-22 --json"""
-        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=INVOKE_DESCRIPTION,
+        epilog=INVOKE_EXAMPLES,
     )
-    invoke.add_argument(
-        "source", nargs="?", metavar="SOURCE", help="fixture name, request or FHIR file, or folder"
-    )
-    invoke.add_argument(
+    add = invoke.add_argument
+    add("source", nargs="?", metavar="SOURCE", help="fixture name, request or FHIR file, or folder")
+    add(
         "--service",
         "--hook",
         dest="service",
         metavar="ID|HOOK",
         help="service id or hook (default: the request's hook, else patient-view)",
     )
-    invoke.add_argument(
-        "--lang", choices=("en", "fr"), default="en", help="card language (default en)"
-    )
-    invoke.add_argument("--json", action="store_true", help="print the CDS Hooks response as JSON")
-    invoke.add_argument(
-        "--detail", action="store_true", help="also print each card's Markdown detail"
-    )
-    invoke.add_argument(
-        "--fhir-server",
-        action="append",
-        metavar="URL",
-        help="FHIR base URL to fetch the patient's data from",
-    )
-    invoke.add_argument(
-        "--patient", metavar="ID", help="patient id (required with --fhir-server and no files)"
-    )
-    invoke.add_argument(
+    _shared(invoke, "--lang", default="en", help="card language (default en)")
+    add("--json", action="store_true", help="print the CDS Hooks response as JSON")
+    add("--detail", action="store_true", help="also print each card's Markdown detail")
+    _shared(invoke, "--fhir-server", help="FHIR base URL to fetch the patient's data from")
+    add("--patient", metavar="ID", help="patient id (required with --fhir-server and no files)")
+    add(
         "--token",
         metavar="TOKEN",
         help="bearer token for the FHIR server (sent as fhirAuthorization)",
     )
-    invoke.add_argument(
+    add(
         "--draft",
         action="append",
         metavar="FILE",
         help="a draft MedicationRequest (or Bundle of them) being ordered",
     )
-    invoke.add_argument(
+    add(
         "--as-of",
         type=_date,
         metavar="DATE",
         help="evaluate as on this date (fixtures: their anchor date by default)",
     )
-    invoke.add_argument(
+    add(
         "--url",
         metavar="BASE",
         help="send to a running service (e.g. http://127.0.0.1:8080) instead of in-process",
     )
-    invoke.add_argument(
+    add(
         "--show-request",
         action="store_true",
         help="print the CDS Hooks request that would be sent, and stop",
     )
-    invoke.add_argument(
-        "--database-url", help="store for issued cards (default: in memory, forgotten)"
-    )
-    invoke.add_argument("--cards-dir", type=Path, help="card content folder (CDS_CARDS_DIR)")
-    invoke.add_argument("--fixtures-dir", type=Path, help="fixtures folder (CDS_FIXTURES_DIR)")
+    _shared(invoke, "--database-url", help="store for issued cards (default: in memory, forgotten)")
+    _shared(invoke, "--cards-dir")
+    _shared(invoke, "--fixtures-dir")
     invoke.set_defaults(func=cmd_invoke)
 
+
+def _check_parser(commands: Any) -> None:
     check = commands.add_parser(
         "check-knowledge",
         help="check the knowledge files (value sets, cards, citations, services, fixtures)",
@@ -626,18 +621,22 @@ def build_parser() -> argparse.ArgumentParser:
         "fixture patient against its expected cards. Exit status 1 when a check fails.",
         epilog=EPILOG,
     )
-    check.add_argument("--cards-dir", type=Path, help="card content folder (CDS_CARDS_DIR)")
-    check.add_argument("--fixtures-dir", type=Path, help="fixtures folder (CDS_FIXTURES_DIR)")
+    _shared(check, "--cards-dir")
+    _shared(check, "--fixtures-dir")
     check.set_defaults(func=cmd_check_knowledge)
 
+
+def _fixtures_parser(commands: Any) -> None:
     fixtures = commands.add_parser(
         "fixtures",
         help="list the fixture patients",
         description="List the synthetic fixture patients (hook, name, what they show).",
     )
-    fixtures.add_argument("--fixtures-dir", type=Path, help="fixtures folder (CDS_FIXTURES_DIR)")
+    _shared(fixtures, "--fixtures-dir")
     fixtures.set_defaults(func=cmd_fixtures)
 
+
+def _export_parser(commands: Any) -> None:
     export = commands.add_parser(
         "export-fixtures",
         help="write the fixture patients as a FHIR transaction Bundle",
@@ -651,8 +650,27 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "-o", "--output", metavar="FILE", help="output file (default: standard output)"
     )
-    export.add_argument("--fixtures-dir", type=Path, help="fixtures folder (CDS_FIXTURES_DIR)")
+    _shared(export, "--fixtures-dir")
     export.set_defaults(func=cmd_export_fixtures)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one small function per command, shared options from `_shared`."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="CDS Hooks 2.0 service for calcinosis in systemic sclerosis.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_command in (
+        _serve_parser,
+        _invoke_parser,
+        _check_parser,
+        _fixtures_parser,
+        _export_parser,
+    ):
+        add_command(commands)
     return parser
 
 

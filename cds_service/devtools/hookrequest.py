@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
+from cds_service.hooks import ORDER_HOOKS
 from cds_service.hooks.services import ServiceDefinition
 
 DEFAULT_USER = "Practitioner/example-clinician"
-ORDER_HOOKS = ("order-select", "order-sign")
 
 
 class RequestBuildError(ValueError):

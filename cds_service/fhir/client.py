@@ -4,7 +4,8 @@
 - Each HTTP request has a timeout, and the whole fetch one deadline; what is not back by the
   deadline has failed.
 - Bundle ``next`` links are followed up to a page limit, and only while they stay on the same
-  FHIR server: the access token is never sent anywhere else.
+  FHIR server (at or below its base URL, `cds_service.urls.is_within`): the access token is
+  never sent anywhere else.
 - Every failure becomes a short reason ("HTTP 401", "timed out", "not FHIR JSON") and an
   outcome from a fixed list (for metrics). Reasons and logs never contain the access token,
   and never the URL (it carries the patient id).
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from cds_service.urls import is_within
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +181,11 @@ class FhirFetcher:
         self, client: httpx.Client, base: str, token: str | None, query: str, deadline: float
     ) -> tuple[list[dict[str, Any]], bool]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        if query.startswith(("http://", "https://")) and not query.startswith(base):
-            raise FetchError("a next link points outside the FHIR server")
-        url: str | None = query if query.startswith(base) else base + query.lstrip("/")
+        absolute = query.startswith(("http://", "https://"))
+        url: str | None = query if absolute else base + query.lstrip("/")
+        if not is_within(url, base, query=True):
+            where = "a next link" if absolute else "a query"
+            raise FetchError(f"{where} points outside the FHIR server")
         resources: list[dict[str, Any]] = []
         for _page in range(self.page_limit):
             assert url is not None
@@ -203,7 +208,7 @@ class FhirFetcher:
             url = next_link(body)
             if url is None:
                 return resources, False
-            if not url.startswith(base):
+            if not is_within(url, base, query=True):
                 raise FetchError("a next link points outside the FHIR server")
         return resources, True
 

@@ -28,18 +28,21 @@ from typing import Any
 
 from cds_service.errors import InputError, PrefetchUnavailable
 from cds_service.fhir.client import FhirFetcher, next_link
-from cds_service.fhir.record import NOT_ALLOWED, DataNote, Located, medication_reference
+from cds_service.fhir.facts import NOT_ALLOWED, DataNote, Located
+from cds_service.fhir.record import medication_reference
+from cds_service.urls import is_allowed
 
 _TOKEN = re.compile(r"\{\{\s*context\.([A-Za-z][A-Za-z0-9]*)\s*\}\}")
 
 
 class KeyStatus(Enum):
+    """How the request carried a prefetch key (the cases above)."""
+
     PRESENT = "present"
     NULL = "null"
     EMPTY = "empty"
     OUTCOME = "operation-outcome"
     MISSING = "missing"
-    FETCHED = "fetched"
 
 
 # At most this many referenced Medications are fetched for one call (one query each).
@@ -48,11 +51,10 @@ MAX_MEDICATION_FETCHES = 40
 
 @dataclass(frozen=True)
 class Prefetched:
-    """Resources usable by the record builder, how each key was satisfied, and notes about
-    searches whose pages could not all be read."""
+    """Resources usable by the record builder, and notes about searches whose pages could
+    not all be read."""
 
     resources: tuple[Located, ...]
-    status: Mapping[str, KeyStatus]
     notes: tuple[DataNote, ...] = ()
 
 
@@ -65,14 +67,11 @@ class FetchPolicy:
     require_https: bool = False  # production: never send a token over plain http
 
     def permits(self, server: str) -> bool:
-        """True when `server` is one of the allowed FHIR base URLs (or below one)."""
+        """True when `server` is one of the allowed FHIR base URLs or below one
+        (`cds_service.urls.is_allowed`)."""
         if self.require_https and not server.startswith("https://"):
             return False
-        wanted = server.rstrip("/")
-        return any(
-            wanted == base.rstrip("/") or wanted.startswith(base.rstrip("/") + "/")
-            for base in self.allowed_servers
-        )
+        return is_allowed(server, self.allowed_servers)
 
 
 def render_template(template: str, context: Mapping[str, Any]) -> str:
@@ -143,12 +142,11 @@ def resolve(
     notes: list[DataNote] = []
     if missing:
         fetched, truncated = _fetch(missing, templates, request, policy, deadline)
-        for key, found in fetched.items():
-            status[key] = KeyStatus.FETCHED
+        for found in fetched.values():
             resources.extend(found)
         notes += [_incomplete(key, "page limit reached") for key in truncated]
     notes += _follow_up(pages, resources, request, policy, deadline)
-    return Prefetched(tuple(resources), status, tuple(notes))
+    return Prefetched(tuple(resources), tuple(notes))
 
 
 def _incomplete(key: str, reason: str = "") -> DataNote:

@@ -1,4 +1,9 @@
-"""FHIR R4 resources -> a typed, normalised patient record.
+"""FHIR R4 resources -> a typed, normalised patient record (`build_record`), one reader per
+resource type.
+
+The facts it produces live in `cds_service.fhir.facts` (re-exported here, where other modules
+have always imported them); the lenient reading of raw JSON and the R4B validation in
+`cds_service.fhir.coerce`; the start-up warm-up of the models in `cds_service.fhir.warmup`.
 
 Only what the rules read is parsed. Every resource is first screened on its raw JSON (type,
 subject, code membership in a value set, status); the few that matter are then validated with
@@ -20,20 +25,44 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
-
-from fhir.resources.R4B.condition import Condition
-from fhir.resources.R4B.medicationrequest import MedicationRequest
-from fhir.resources.R4B.observation import Observation
-from fhir.resources.R4B.patient import Patient
-from fhir.resources.R4B.procedure import Procedure
-from pydantic import ValidationError
 
 from cds_service.errors import InputError
 from cds_service.fhir import units
+from cds_service.fhir.coerce import items, parse_datetime, validation_problem
+from cds_service.fhir.facts import (
+    NOT_ALLOWED,
+    CodedResult,
+    ConditionFact,
+    DataNote,
+    LabResult,
+    Located,
+    MedicationFact,
+    PatientInfo,
+    PatientRecord,
+    ProcedureFact,
+)
+from cds_service.fhir.warmup import warm_up
 from cds_service.terminology import Match, Terminology, normalise_text
+
+# The facts are re-exported: other modules import them from here.
+__all__ = [
+    "NOT_ALLOWED",
+    "CodedResult",
+    "ConditionFact",
+    "DataNote",
+    "LabResult",
+    "Located",
+    "MedicationFact",
+    "PatientInfo",
+    "PatientRecord",
+    "ProcedureFact",
+    "build_record",
+    "medication_reference",
+    "referenced_medication",
+    "warm_up",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,286 +72,8 @@ EXCLUDED_OBSERVATION = frozenset({"entered-in-error", "cancelled"})
 ACTIVE_MEDICATION = frozenset({"active", "on-hold"})
 DRAFT_MEDICATION = frozenset({"draft", "active", "on-hold"})
 
-MODELS = {
-    "Patient": Patient,
-    "Condition": Condition,
-    "Observation": Observation,
-    "MedicationRequest": MedicationRequest,
-    "Procedure": Procedure,
-}
-
-
-@dataclass(frozen=True)
-class Located:
-    """A raw resource and the JSON path it came from (for error messages)."""
-
-    path: str
-    resource: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class PatientInfo:
-    id: str
-    birth_date: date | None = None  # a full birth date only
-    sex: str | None = None  # FHIR administrative gender
-    # A birthDate with year only or year-month: the earliest and latest possible birth dates.
-    birth_range: tuple[date, date] | None = None
-    deceased: bool = False  # deceasedBoolean true or a deceasedDateTime: no cards at all
-
-    def age_on(self, day: date) -> int | None:
-        """The age on `day` when the birth date is known to the day, else None."""
-        if self.birth_date is None:
-            return None
-        return _age(self.birth_date, day)
-
-    def age_range_on(self, day: date) -> tuple[int, int] | None:
-        """(youngest, oldest) possible age on `day`: equal for a full birth date, a range for
-        a year-only or year-month birthDate; None when nothing is known."""
-        if self.birth_date is not None:
-            age = _age(self.birth_date, day)
-            return age, age
-        if self.birth_range is None:
-            return None
-        earliest, latest = self.birth_range
-        return _age(latest, day), _age(earliest, day)
-
-
-def _age(birth: date, day: date) -> int:
-    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
-
-
-@dataclass(frozen=True)
-class ConditionFact:
-    ref: str
-    valuesets: frozenset[str]
-    match: Match
-    display: str
-    clinical_status: str
-    verification_status: str | None
-    since: date | None
-    text: str = ""  # normalised code.text and notes (what the clinician wrote about it)
-    # The latest of onset and recordedDate: when the condition was last asserted (a coded CKD
-    # stage is weighed against a laboratory result by this date).
-    asserted: date | None = None
-
-
-@dataclass(frozen=True)
-class ProcedureFact:
-    """A procedure the renal status reads (a dialysis session, a kidney transplantation)."""
-
-    ref: str
-    valuesets: frozenset[str]
-    match: Match
-    display: str
-    status: str
-    performed: date
-
-
-@dataclass(frozen=True)
-class LabResult:
-    concept: str  # value set id: "egfr", "creatinine", "calcium"...
-    value: float  # in the canonical unit of the concept
-    unit: str  # canonical unit label
-    measured_value: float
-    measured_unit: str
-    when: datetime
-    ref: str
-    code: str | None  # the LOINC code it was recognised by
-    high: float | None = None  # upper reference limit, canonical unit, when the lab sent one
-    flags: frozenset[str] = frozenset()  # interpretation codes (H, HH, POS...)
-    focus: tuple[str, ...] = ()  # references in Observation.focus (e.g. the lesion's Condition)
-    # Quantity.comparator ("<", "<=", ">", ">="), or the one a valueString carried ("<15"):
-    # the true value is beyond `value` in that direction. Never dropped: cards show it.
-    comparator: str | None = None
-
-    @property
-    def above_range(self) -> bool:
-        """Flagged high by the lab, or above the upper limit it sent ("<X" is above only when
-        the lab says so; ">X" is above when X is at or above the limit)."""
-        if self.flags & {"H", "HH", "HU"}:
-            return True
-        if self.high is None or self.comparator in ("<", "<="):
-            return False
-        if self.comparator in (">", ">="):
-            return self.value >= self.high
-        return self.value > self.high
-
-
-@dataclass(frozen=True)
-class CodedResult:
-    """A qualitative observation (antibody, smoking status): what the lab or clinician said."""
-
-    concept: str
-    when: datetime
-    ref: str
-    code: str | None
-    values: tuple[tuple[str, str], ...]  # (system, code) of valueCodeableConcept
-    text: str  # normalised text of the value (valueString / valueCodeableConcept)
-    flags: frozenset[str]
-    quantity: float | None = None
-    high: float | None = None
-    flagged_positive: bool = False  # an interpretation code in the positive-interpretation set
-    value_sets: frozenset[str] = frozenset()  # value sets the coded value belongs to
-
-
-@dataclass(frozen=True)
-class MedicationFact:
-    ref: str
-    id: str | None
-    valuesets: frozenset[str]
-    match: Match
-    display: str
-    status: str
-    authored: date | None
-    resource: Mapping[str, Any] = field(repr=False, compare=False)
-    draft: bool = False  # a draft order under review (order-select / order-sign)
-
-
-@dataclass(frozen=True)
-class DataNote:
-    """Data that was present but could not be interpreted (shown on cards, never guessed)."""
-
-    kind: str  # one of NOTE_KINDS
-    concept: str  # the value set it concerns ("" when none is known)
-    ref: str
-    detail: str  # the unit not recognised, the field that could not be read, the prefetch key
-    when: datetime | None = None
-    resource_type: str = ""
-    reason: str = ""  # why a search is incomplete ("no fhirServer", "HTTP 500"...)
-
-
-# unit-not-recognised: a lab value in a unit that is not converted (not guessed);
-# unreadable: a resource the rules would read is not valid R4 even after coercion (left out);
-# unidentified-order: an order whose medication cannot be resolved nor named;
-# incomplete: a prefetched search had more pages that could not be fetched.
-NOTE_KINDS = ("unit-not-recognised", "unreadable", "unidentified-order", "incomplete")
-NOT_ALLOWED = "not-allowed"  # DataNote.reason: fhirServer is not one this service may query
-
-
-@dataclass(frozen=True)
-class PatientRecord:
-    patient: PatientInfo
-    now: datetime
-    conditions: tuple[ConditionFact, ...]
-    labs: Mapping[str, LabResult]
-    medications: tuple[MedicationFact, ...]
-    notes: tuple[DataNote, ...]
-    # Draft orders under review (order-select / order-sign); None at patient-view.
-    drafts: tuple[MedicationFact, ...] | None = None
-    results: Mapping[str, CodedResult] = field(default_factory=dict)  # latest per concept
-    procedures: tuple[ProcedureFact, ...] = ()  # dialysis sessions, kidney transplantations
-
-    def conditions_in(self, valueset: str) -> list[ConditionFact]:
-        return [c for c in self.conditions if valueset in c.valuesets]
-
-    def has_condition(self, valueset: str) -> bool:
-        return any(valueset in c.valuesets for c in self.conditions)
-
-    def medications_in(self, valueset: str) -> list[MedicationFact]:
-        return [m for m in self.medications if valueset in m.valuesets]
-
-    def orders_in(self, valueset: str) -> list[MedicationFact]:
-        """The orders a treatment-safety rule checks: the draft orders under review at
-        order-select / order-sign, the active orders at patient-view."""
-        orders = self.drafts if self.drafts is not None else self.medications
-        return [m for m in orders if valueset in m.valuesets]
-
-
-# Minimal resources touching the nested element types the record reads (no codes: text only).
-_CONCEPT = {"coding": [{"display": "warm-up"}], "text": "warm-up"}
-_SUBJECT = {"reference": "Patient/warm-up"}
-_WARM_UP = (
-    {
-        "resourceType": "Patient",
-        "id": "warm-up",
-        "gender": "unknown",
-        "birthDate": "1970-01-01",
-        "name": [{"family": "warm-up", "given": ["warm-up"]}],
-        "identifier": [{"system": "urn:warm-up", "value": "warm-up"}],
-    },
-    {
-        "resourceType": "Condition",
-        "subject": _SUBJECT,
-        "code": _CONCEPT,
-        "category": [_CONCEPT],
-        "clinicalStatus": _CONCEPT,
-        "verificationStatus": _CONCEPT,
-        "onsetDateTime": "2020-01-01",
-        "recordedDate": "2020-01-01",
-    },
-    {
-        "resourceType": "Observation",
-        "status": "final",
-        "subject": _SUBJECT,
-        "code": _CONCEPT,
-        "category": [_CONCEPT],
-        "effectiveDateTime": "2020-01-01T00:00:00+00:00",
-        "issued": "2020-01-01T00:00:00+00:00",
-        "valueQuantity": {
-            "value": 1,
-            "unit": "u",
-            "system": "http://unitsofmeasure.org",
-            "code": "u",
-        },
-    },
-    {
-        "resourceType": "Observation",
-        "status": "final",
-        "code": _CONCEPT,
-        "effectivePeriod": {"start": "2020-01-01"},
-    },
-    {
-        "resourceType": "MedicationRequest",
-        "status": "active",
-        "intent": "order",
-        "subject": _SUBJECT,
-        "medicationCodeableConcept": _CONCEPT,
-        "authoredOn": "2020-01-01",
-        "dosageInstruction": [{"text": "warm-up"}],
-        "contained": [{"resourceType": "Medication", "id": "m", "code": _CONCEPT}],
-    },
-    {
-        "resourceType": "Procedure",
-        "status": "completed",
-        "subject": _SUBJECT,
-        "code": _CONCEPT,
-        "performedPeriod": {"start": "2020-01-01", "end": "2020-01-01"},
-    },
-)
-
-
-def warm_up() -> None:
-    """Validate one small resource per model once, at start-up: fhir.resources imports its
-    nested element models on first use, which would otherwise cost the first request ~20 ms."""
-    for resource in _WARM_UP:
-        MODELS[resource["resourceType"]].model_validate(resource)
-
 
 # --------------------------------------------------------------------------- helpers
-
-
-def parse_datetime(value: Any) -> datetime | None:
-    """A FHIR date / dateTime / instant as an aware UTC datetime (partial dates -> their start)."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        if len(value) == 4:
-            return datetime(int(value), 1, 1, tzinfo=UTC)
-        if len(value) == 7:
-            return datetime(int(value[:4]), int(value[5:7]), 1, tzinfo=UTC)
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def items(value: Any) -> list[Any]:
-    """A FHIR array as sent; a single object where R4 wants an array (as some clients send,
-    e.g. the CDS Hooks Sandbox's MedicationRequest.category) as a one-item array; otherwise
-    empty (malformed input is then reported by validation, never a crash)."""
-    if isinstance(value, list):
-        return value
-    return [value] if isinstance(value, Mapping) else []
 
 
 def _text_or_none(value: Any) -> str | None:
@@ -355,62 +106,6 @@ def _display(concept: Mapping[str, Any] | None, match: Match) -> str:
 def _ref(resource: Mapping[str, Any]) -> str:
     rid = resource.get("id")
     return f"{resource.get('resourceType')}/{rid}" if isinstance(rid, str) else "(no id)"
-
-
-def _first_error(exc: ValidationError) -> tuple[str, tuple[Any, ...]]:
-    err = exc.errors()[0]
-    return err["msg"], tuple(err["loc"])
-
-
-def _wrap_in_list(resource: Any, loc: tuple[Any, ...]) -> Any:
-    """A copy of `resource` with the value at `loc` wrapped in a one-item array."""
-    if not loc:
-        return [resource]
-    head, rest = loc[0], loc[1:]
-    if isinstance(resource, Mapping) and isinstance(head, str) and head in resource:
-        return {**resource, head: _wrap_in_list(resource[head], rest)}
-    if isinstance(resource, list) and isinstance(head, int) and 0 <= head < len(resource):
-        copy = list(resource)
-        copy[head] = _wrap_in_list(resource[head], rest)
-        return copy
-    return resource
-
-
-# How many deviations a resource may need coerced before it counts as unreadable.
-MAX_COERCIONS = 8
-
-
-def validation_problem(resource: Mapping[str, Any]) -> tuple[str, str] | None:
-    """None when `resource` is valid R4 once the deviations real clients send are coerced (a
-    single object or value where R4 wants an array); else (field path, message) of the first
-    problem that coercion cannot fix. Coercion only decides readability: the raw JSON is read
-    through `items()`, which applies the same leniency."""
-    model = MODELS[resource["resourceType"]]
-    data: Any = resource
-    first: tuple[str, tuple[Any, ...]] | None = None
-    for _ in range(MAX_COERCIONS):
-        try:
-            model.model_validate(data)
-        except ValidationError as exc:
-            errors = exc.errors()
-            if first is None:
-                first = _first_error(exc)
-            wrappable = [
-                e for e in errors if e["type"] == "list_type" and not isinstance(e["input"], list)
-            ]
-            if not wrappable:
-                msg, loc = _first_error(exc)
-                return _loc_path(loc), msg
-            for err in wrappable:
-                data = _wrap_in_list(data, tuple(err["loc"]))
-            continue
-        return None
-    assert first is not None
-    return _loc_path(first[1]), first[0]
-
-
-def _loc_path(loc: tuple[Any, ...]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
 
 
 def _readable(item: Located, notes: list[DataNote], concept: str = "") -> bool:
