@@ -168,7 +168,7 @@ class CdsEngine:
         shown = {rule for f in findings for rule in (f.rule, *(a.rule for a in f.also))}
         proposable = proposed_valuesets(self.library, shown)
         withheld = coherence.withheld_proposals(record, proposable) if proposable else {}
-        cards = [self.renderer.render(f, lang, patient_id, withheld) for f in findings]
+        findings, cards = self._rendered(findings, lang, patient_id, withheld)
         # Most urgent first; among equals, by rule id (a stable order EHRs can rely on).
         order = sorted(
             range(len(cards)),
@@ -197,6 +197,37 @@ class CdsEngine:
         except Exception as exc:  # noqa: BLE001 - memory is best effort
             log.error("could not remember cautions: %s", type(exc).__name__)
         return Evaluation({"cards": [cards[i] for i in order]}, issued)
+
+    def _rendered(
+        self,
+        findings: list[Finding],
+        lang: str,
+        patient_id: str,
+        withheld: Mapping[str, coherence.Withheld],
+    ) -> tuple[list[Finding], list[dict[str, Any]]]:
+        """Each finding's card. A card that cannot be rendered is contained like a rule that
+        raises (rules.run): logged by rule id and exception type only, and replaced by one
+        `check-failed` card per rule it carried; the other cards are kept."""
+        shown: list[Finding] = []
+        failed: list[str] = []  # the rules whose card could not be rendered, each once
+        cards: list[dict[str, Any]] = []
+        for finding in findings:
+            try:
+                card = self.renderer.render(finding, lang, patient_id, withheld)
+            except Exception as exc:  # noqa: BLE001 - one card's failure is contained
+                log.error(
+                    "card of rule %s could not be rendered: %s", finding.rule, type(exc).__name__
+                )
+                lost = (finding.rule, *(a.rule for a in finding.also))
+                failed += [rule_id for rule_id in dict.fromkeys(lost) if rule_id not in failed]
+            else:
+                shown.append(finding)
+                cards.append(card)
+        for rule_id in failed:
+            check = Finding(rules.CHECK_FAILED, "rule-error", facts={"check": rule_id})
+            shown.append(check)
+            cards.append(self.renderer.render(check, lang, patient_id, withheld))
+        return shown, cards
 
     def _unrepeated(
         self, hook: str, patient_id: str, encounter_id: str, findings: list[Finding], now: datetime

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-import cds_service.cards as cards_module
+import cds_service.cards.render as render_module
 import tests.field_ehr as field
 from cds_service.app import create_app
 from cds_service.cards import SUMMARY_MAX, CardLibrary, Renderer, shorten
+from cds_service.cards.text import Formatter
 from cds_service.knowledge.renal import RenalStatus
 from cds_service.rules import RULES, Finding
 from cds_service.settings import DEFAULT_CARDS_DIR
@@ -51,7 +52,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, C
     """(fixture, language, card) for every card of every fixture; fails if a summary had to be
     shortened by the renderer (card files must keep summaries short enough on their own)."""
     cut: list[str] = []
-    real_shorten = cards_module.shorten
+    real_shorten = render_module.shorten
 
     def recording_shorten(summary: str, limit: int = SUMMARY_MAX) -> str:
         if len(summary) > limit:
@@ -60,7 +61,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, C
 
     out: list[tuple[str, str, Card]] = []
     with pytest.MonkeyPatch.context() as mp, field.field_stub() as server:
-        mp.setattr(cards_module, "shorten", recording_shorten)
+        mp.setattr(render_module, "shorten", recording_shorten)
         clock = {"now": NOW}
         settings = make_settings(
             tmp_path_factory.mktemp("card-text"),
@@ -247,7 +248,7 @@ def test_every_variant_summary_fits_with_real_facts() -> None:
             content = LIBRARY.cards[finding.rule]
             raw = content.variant(finding.variant)["summary"]
             for lang in ("en", "fr"):
-                values = cards_module._Formatter(LIBRARY, lang).values(finding.facts)
+                values = Formatter(LIBRARY, lang).values(finding.facts)
                 summary = " ".join(raw[lang].format_map(values).split())
                 assert len(summary) <= SUMMARY_MAX, (rule, finding.variant, lang, summary)
 
@@ -289,8 +290,8 @@ def test_calcium_phosphate_and_their_product_in_french_units() -> None:
 
 
 def test_risk_factor_counts_are_real_plurals() -> None:
-    fmt_fr = cards_module._Formatter(LIBRARY, "fr")
-    fmt_en = cards_module._Formatter(LIBRARY, "en")
+    fmt_fr = Formatter(LIBRARY, "fr")
+    fmt_en = Formatter(LIBRARY, "en")
     assert fmt_fr.count("risk_factors", 1) == "1 facteur de risque"
     assert fmt_fr.count("risk_factors", 3) == "3 facteurs de risque"
     assert fmt_en.count("risk_factors", 1) == "1 risk factor"
@@ -299,16 +300,16 @@ def test_risk_factor_counts_are_real_plurals() -> None:
 
 def test_missing_tests_are_listed_with_a_final_or_and_ni() -> None:
     facts = {"missing": ["calcium-order", "pth-order", "renal-function-order"]}
-    fr = cards_module._Formatter(LIBRARY, "fr").values(facts)["missing_short"]
-    en = cards_module._Formatter(LIBRARY, "en").values(facts)["missing_short"]
+    fr = Formatter(LIBRARY, "fr").values(facts)["missing_short"]
+    en = Formatter(LIBRARY, "en").values(facts)["missing_short"]
     assert fr == "calcémie, PTH ni créatininémie"
     assert en == "calcium, PTH or creatinine"
 
 
 def test_coded_ckd_reads_mrc_stade_in_french() -> None:
     status = RenalStatus(source="coded", category="G4")
-    assert cards_module._Formatter(LIBRARY, "fr").renal_short(status).startswith("MRC stade G4")
-    assert cards_module._Formatter(LIBRARY, "en").renal_short(status).startswith("CKD G4")
+    assert Formatter(LIBRARY, "fr").renal_short(status).startswith("MRC stade G4")
+    assert Formatter(LIBRARY, "en").renal_short(status).startswith("CKD G4")
 
 
 def test_a_summary_is_cut_at_a_word_boundary() -> None:
