@@ -10,12 +10,23 @@ import pytest
 import yaml
 
 from cds_service.cards import SUMMARY_MAX, CardContentError, CardLibrary, Renderer, md_escape
-from cds_service.fhir.record import DataNote
-from cds_service.knowledge.safety import table_valuesets
+from cds_service.devtools.hookrequest import resources_of
+from cds_service.engine import draft_orders
+from cds_service.fhir.record import DataNote, Located
+from cds_service.knowledge.chart import Chart, build_chart
+from cds_service.knowledge.safety import load_table, table_valuesets
 from cds_service.rules import CHECK_FAILED, RULES, SERVICE_CARDS, Finding
 from cds_service.settings import DEFAULT_CARDS_DIR
 from cds_service.terminology import VALUESET_DIR, Terminology, TerminologyError
-from tests.conftest import FIXTURES, NOW, assert_valid_response
+from tests.conftest import (
+    FIXTURES,
+    NOW,
+    SERVICES,
+    assert_valid_response,
+    fixture_names,
+    load_expected,
+    load_request,
+)
 from tests.helpers import (
     ATC,
     ICD10CM,
@@ -172,29 +183,66 @@ VARIANT_RECORDS = {
 }
 
 
+# Every variant the card files declare (the service's own cards are tested below).
+DECLARED = {
+    (rule, v)
+    for rule, card in LIBRARY.cards.items()
+    if rule not in SERVICE_CARDS
+    for v in card.data["variants"]
+}
+
+
+def fixture_chart(hook: str, name: str) -> Chart:
+    """The chart the service builds for a fixture request (its drafts under review included)."""
+    request = load_request(name, hook)
+    resources = [r for value in request["prefetch"].values() if value for r in resources_of(value)]
+    located = [Located(f"prefetch.entry[{i}]", r) for i, r in enumerate(resources)]
+    drafts = draft_orders(request["context"]) if "draftOrders" in request["context"] else None
+    return build_chart(located, request["context"]["patientId"], TERMINOLOGY, NOW, drafts)
+
+
+def fixture_records(missing: set[tuple[str, str]]) -> dict[tuple[str, str], list[Chart]]:
+    """For each (rule, variant) of `missing` that is a treatment-safety rule's, the charts of
+    the fixtures whose expected cards lead with it: a rule added as a table row and a card
+    file needs no record here, its fixtures (required anyway) stand for it. (A calcinosis
+    rule's card may be recomposed from several findings, so its records are written above.)"""
+    table = load_table()
+    found: dict[tuple[str, str], list[Chart]] = {}
+    for hook in SERVICES:
+        for name in fixture_names(hook):
+            for card in load_expected(name, hook)["cards"]:
+                key = (card["rule"], card["variant"])
+                if key in missing and key[0] in table:
+                    found.setdefault(key, []).append(fixture_chart(hook, name))
+    return found
+
+
+# The records of every declared variant: written above, else taken from the fixtures.
+ALL_RECORDS = {**fixture_records(DECLARED - set(VARIANT_RECORDS)), **VARIANT_RECORDS}
+
+
 def test_every_card_file_names_an_existing_rule_and_every_rule_has_one() -> None:
     assert set(LIBRARY.cards) == set(RULES) | set(SERVICE_CARDS)
 
 
 def test_every_variant_has_a_record_that_produces_it() -> None:
-    declared = {
-        (rule, v)
-        for rule, card in LIBRARY.cards.items()
-        if rule not in SERVICE_CARDS  # issued by the service itself, tested below
-        for v in card.data["variants"]
-    }
-    assert declared == set(VARIANT_RECORDS)
-    for (rule, variant), records in VARIANT_RECORDS.items():
+    assert set(VARIANT_RECORDS) <= DECLARED
+    assert set(ALL_RECORDS) == DECLARED, "a variant with no record and no fixture"
+    for (rule, variant), records in ALL_RECORDS.items():
         for rec in records:
-            assert [f.variant for f in RULES[rule](rec)] == [variant], (rule, variant)
+            produced = [f.variant for f in RULES[rule](rec)]
+            if (rule, variant) in VARIANT_RECORDS:
+                assert produced == [variant], (rule, variant)
+            else:  # a fixture may hold several orders of the rule's drugs
+                assert variant in produced, (rule, variant)
 
 
 @pytest.mark.parametrize("lang", ["en", "fr"])
-@pytest.mark.parametrize(("rule", "variant"), sorted(VARIANT_RECORDS))
+@pytest.mark.parametrize(("rule", "variant"), sorted(ALL_RECORDS))
 def test_every_variant_renders_valid_cards_in_both_languages(
     rule: str, variant: str, lang: str
 ) -> None:
-    for rec in VARIANT_RECORDS[(rule, variant)]:
+    for rec in ALL_RECORDS[(rule, variant)]:
         for finding in RULES[rule](rec):
             card = RENDERER.render(finding, lang, "p1")
             assert_valid_response({"cards": [card]})

@@ -100,13 +100,26 @@ def test_calcinosis_synthesis_needs_calcinosis_and_something_to_act_on() -> None
 
 
 def test_every_rule_documents_its_source() -> None:
-    for module in MODULES:
-        doc = module.__doc__ or ""
-        assert "seed 00" in doc, module.__name__
-        assert "When" in doc, module.__name__
-    for rule in load_table().values():
-        assert rule.sources
-    assert "aluminium-hydroxide-renal" in RULES
+    """Every rule of the registry says where it comes from: a calcinosis rule in its module's
+    docstring (its seed, When / Then), a treatment-safety rule in its table row's sources; and
+    the card file of every rule cites a source (a label in each language, a URL) and references."""
+    modules = {module.RULE_ID: module for module in MODULES}
+    table = load_table()
+    assert sorted(RULES) == sorted([*modules, *table])  # each rule is one or the other
+    library = CardLibrary(DEFAULT_CARDS_DIR, Terminology.load())
+    for rule_id in RULES:
+        if rule_id in modules:
+            doc = modules[rule_id].__doc__ or ""
+            for word in ("seed 00", "When", "Then"):
+                assert word in doc, (rule_id, word)
+        else:
+            assert table[rule_id].sources, rule_id
+            assert all(source.strip() for source in table[rule_id].sources), rule_id
+        card = library.cards[rule_id].data
+        for lang in ("en", "fr"):
+            assert card["source"]["label"][lang].strip(), (rule_id, lang)
+        assert card["source"]["url"].startswith(("https://", "http://")), rule_id
+        assert card["references"], rule_id
 
 
 def test_a_failing_rule_does_not_silence_the_others(
@@ -125,7 +138,9 @@ def test_a_failing_rule_does_not_silence_the_others(
         c for c in response.json["cards"] if c["source"]["topic"]["code"] == "check-failed"
     )
     assert failed["indicator"] == "info"
-    assert "Calcinosis type" in failed["summary"] or "calcinosis" in failed["summary"].lower()
+    # The card names the check that failed by its card title.
+    title = CardLibrary(DEFAULT_CARDS_DIR, Terminology.load()).cards["calcinosis-type"]
+    assert f"“{title.data['title']['en']}” could not run" in failed["summary"]
     assert "rule calcinosis-type could not run: KeyError" in caplog.text
     assert "secret detail" not in caplog.text
     assert "fix-02" not in caplog.text

@@ -1,16 +1,23 @@
-"""The treatment-safety table (knowledge/safety.yaml): its model and its loader.
+"""The treatment-safety table (knowledge/safety.yaml): its grammar, its model and its loader.
 
-Read once per process and checked: unknown criteria, rows naming drugs or partners the rule
-does not check, rules without sources, references to thresholds that do not exist (a row
-whose card is critical must also name its label contraindication in ``label``: a test holds
-it). A value written ``$section.key`` is read from thresholds.yaml
-(so a window or a limit lives in one place). The engine that applies it is
-cds_service/rules/treatment_safety.py.
+The criteria grammar is defined once, here: `CRITERIA` names every criterion a row may use,
+the shape of its argument (checked at load time), the value sets it names and the laboratory
+concepts it reads (for the start-up check that every value set exists and the test that every
+concept a rule reads is prefetched). How a criterion is evaluated is the rules layer's
+(cds_service/rules/treatment_safety.py maps each name to a function and refuses, at import, a
+grammar it does not evaluate exactly): knowledge sits below rules and may not import them
+(tests/test_layers.py), so the names live here and the functions there.
+
+Read once per process and checked: unknown criteria or malformed arguments, rows naming drugs
+or partners the rule does not check, rules without sources, references to thresholds that do
+not exist (a row whose card is critical must also name its label contraindication in
+``label``: a test holds it). A value written ``$section.key`` is read from thresholds.yaml (so a
+window or a limit lives in one place).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -21,22 +28,140 @@ import yaml
 from cds_service.knowledge.loader import thresholds
 
 TABLE_FILE = Path(__file__).resolve().parent / "safety.yaml"
-CRITERIA = frozenset(
-    {
-        "renal_below",
-        "renal_below_inclusive",
-        "renal_stale",
-        "renal_unknown",
-        "condition",
-        "current_condition",
-        "lab_below",
-        "partner",
-        "any",
-        "all",
-    }
+# The value sets the renal status is read from: laboratory concepts, coded conditions and
+# procedures (knowledge/renal.py).
+RENAL_LABS = ("egfr", "creatinine")
+RENAL_CONDITIONS = (
+    "dialysis",
+    "ckd-stage-3",
+    "ckd-stage-4",
+    "ckd-stage-5",
+    "renal-insufficiency-unstaged",
+    "kidney-transplant",
 )
+RENAL_PROCEDURES = ("dialysis-procedure", "kidney-transplant-procedure")
 # Upper bound of the eGFR (mL/min/1.73 m2) that a coded stage implies.
 CODED_STAGE_BOUND: Mapping[str | None, float] = {"G5D": 0, "G5": 14, "G4": 29, "G3": 59, None: 59}
+
+
+# --------------------------------------------------------------------------- grammar
+
+Check = Callable[[Any], str | None]  # what is wrong with an argument, or None
+
+
+def _number(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return None if ok else f"a number, not {value!r}"
+
+
+def _true(value: Any) -> str | None:
+    return None if value is True else f"true, not {value!r}"
+
+
+def _valuesets(value: Any) -> str | None:
+    ok = isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+    return None if ok else f"a list of value set ids, not {value!r}"
+
+
+def _concept(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else f"a concept id, not {value!r}"
+
+
+def _fields(required: Mapping[str, Check], optional: Mapping[str, Check] | None = None) -> Check:
+    """A mapping with these keys, each of its shape."""
+    optional = optional or {}
+
+    def check(value: Any) -> str | None:
+        if not isinstance(value, Mapping):
+            return f"a mapping, not {value!r}"
+        missing = set(required) - set(value)
+        extra = set(value) - set(required) - set(optional)
+        if missing or extra:
+            return f"keys {sorted(required)} (and optionally {sorted(optional)})"
+        for key, item in value.items():
+            problem = {**required, **optional}[key](item)
+            if problem:
+                return f"{key}: {problem}"
+        return None
+
+    return check
+
+
+_LAB = _fields({"concept": _concept, "value": _number, "max_age_days": _number})
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One word of the table's grammar: what its argument looks like, the condition value sets
+    it names, the laboratory concepts it reads, and whether it reads the renal status."""
+
+    argument: str  # the shape, as the table's header and docs/knowledge.md say it
+    check: Check
+    conditions: Callable[[Any], tuple[str, ...]] = lambda value: ()
+    labs: Callable[[Any], tuple[str, ...]] = lambda value: ()
+    renal: bool = False
+    nested: bool = False  # its argument is a list of criteria (any / all)
+
+
+CRITERIA: Mapping[str, Criterion] = {
+    "renal_below": Criterion("N", _number, renal=True),
+    "renal_below_inclusive": Criterion("N", _number, renal=True),
+    "renal_stale": Criterion("true", _true, renal=True),
+    "renal_unknown": Criterion("true", _true, renal=True),
+    "condition": Criterion("[value set ids]", _valuesets, conditions=tuple),
+    "current_condition": Criterion(
+        "{condition: [ids], max_age_days, unless_lab_at_least: {concept, value, max_age_days}}",
+        _fields(
+            {"condition": _valuesets, "max_age_days": _number},
+            {
+                "unless_lab_at_least": _fields(
+                    {"concept": _concept, "value": _number}, {"max_age_days": _number}
+                )
+            },
+        ),
+        conditions=lambda value: tuple(value["condition"]),
+        labs=lambda value: (
+            (value["unless_lab_at_least"]["concept"],) if "unless_lab_at_least" in value else ()
+        ),
+    ),
+    "lab_below": Criterion(
+        "{concept, value, max_age_days}", _LAB, labs=lambda value: (value["concept"],)
+    ),
+    "partner": Criterion("true", _true),
+    "any": Criterion("[criteria]", lambda value: None, nested=True),
+    "all": Criterion("[criteria]", lambda value: None, nested=True),
+}
+
+
+def walk(when: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Every (criterion, argument) of a row's criterion, the nested ones of any / all
+    included."""
+    found: list[tuple[str, Any]] = []
+    for key, value in when.items():
+        found.append((key, value))
+        if key in CRITERIA and CRITERIA[key].nested:
+            for sub in value:
+                found += walk(sub)
+    return found
+
+
+def _check_criterion(where: str, when: Any) -> None:
+    if not isinstance(when, Mapping) or not when:
+        raise ValueError(f"safety.yaml {where}: a criterion is a mapping of criteria")
+    unknown = set(when) - set(CRITERIA)
+    if unknown:
+        raise ValueError(f"safety.yaml {where}: unknown criteria {sorted(unknown)}")
+    for key, value in when.items():
+        criterion = CRITERIA[key]
+        if criterion.nested:
+            if not isinstance(value, list) or not value:
+                raise ValueError(f"safety.yaml {where}.{key}: expected a list of criteria")
+            for i, sub in enumerate(value):
+                _check_criterion(f"{where}.{key}[{i}]", sub)
+            continue
+        problem = criterion.check(value)
+        if problem:
+            raise ValueError(f"safety.yaml {where}.{key}: expected {problem}")
 
 
 @dataclass(frozen=True)
@@ -62,14 +187,28 @@ class SafetyRule:
     def interaction(self) -> bool:
         return bool(self.partners)
 
+    def condition_valuesets(self) -> set[str]:
+        """The condition value sets its rows name."""
+        return {
+            vs
+            for row in self.rows
+            for key, value in walk(row.when)
+            for vs in CRITERIA[key].conditions(value)
+        }
 
-def _check_criterion(where: str, when: Mapping[str, Any]) -> None:
-    unknown = set(when) - CRITERIA
-    if unknown:
-        raise ValueError(f"safety.yaml {where}: unknown criteria {sorted(unknown)}")
-    for key in ("any", "all"):
-        for i, sub in enumerate(when.get(key, ())):
-            _check_criterion(f"{where}.{key}[{i}]", sub)
+    def lab_concepts(self) -> set[str]:
+        """The laboratory concepts its rows read (the renal status's ones included)."""
+        found = set()
+        for row in self.rows:
+            for key, value in walk(row.when):
+                found.update(CRITERIA[key].labs(value))
+                if CRITERIA[key].renal:
+                    found.update(RENAL_LABS)
+        return found
+
+    @property
+    def reads_renal(self) -> bool:
+        return any(CRITERIA[key].renal for row in self.rows for key, _ in walk(row.when))
 
 
 def resolve(where: str, value: Any) -> Any:
@@ -90,7 +229,8 @@ def resolve(where: str, value: Any) -> Any:
 
 @cache
 def load_table(path: Path = TABLE_FILE) -> dict[str, SafetyRule]:
-    """The table, checked (unknown criteria, rows naming a drug the rule does not check)."""
+    """The table, checked (unknown criteria or arguments, rows naming a drug the rule does not
+    check)."""
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     table = {}
     for rule_id, spec in data["rules"].items():
@@ -98,8 +238,8 @@ def load_table(path: Path = TABLE_FILE) -> dict[str, SafetyRule]:
         rows = []
         for i, row in enumerate(spec["rows"]):
             where = f"{rule_id}.rows[{i}]"
-            _check_criterion(where, row["when"])
             when = resolve(where, row["when"])
+            _check_criterion(where, when)
             if row.get("drug") and row["drug"] not in drugs:
                 raise ValueError(f"safety.yaml {rule_id}.rows[{i}]: drug not in the rule's drugs")
             row_partners = tuple(row.get("partners", ()))
@@ -127,16 +267,6 @@ def load_table(path: Path = TABLE_FILE) -> dict[str, SafetyRule]:
 def table_valuesets() -> set[str]:
     """Every value set the table names (drugs, partners, conditions)."""
     names: set[str] = set()
-
-    def walk(when: Mapping[str, Any]) -> None:
-        names.update(when.get("condition", ()))
-        names.update(when.get("current_condition", {}).get("condition", ()))
-        for key in ("any", "all"):
-            for sub in when.get(key, ()):
-                walk(sub)
-
     for rule in load_table().values():
-        names.update(rule.drugs, rule.partners)
-        for row in rule.rows:
-            walk(row.when)
+        names.update(rule.drugs, rule.partners, rule.condition_valuesets())
     return names

@@ -13,14 +13,15 @@ import logging
 from collections.abc import Callable, Iterable
 
 from cds_service.knowledge.chart import Chart
+from cds_service.knowledge.safety import load_table
 from cds_service.rules import (
     calcinosis_risk_screening,
     calcinosis_synthesis,
     calcinosis_type,
 )
-from cds_service.rules.base import Finding
+from cds_service.rules.base import Finding, Reads
 from cds_service.rules.data_notes import DATA_NOT_READ
-from cds_service.rules.treatment_safety import table_rules
+from cds_service.rules.treatment_safety import reads, table_rules
 
 log = logging.getLogger(__name__)
 Rule = Callable[[Chart], list[Finding]]
@@ -36,6 +37,11 @@ MODULES = (
 RULES: dict[str, Rule] = {
     **{module.RULE_ID: module.evaluate for module in MODULES},
     **table_rules(),
+}
+# What each rule reads from the chart (each module's READS; a table rule's from its criteria).
+READS: dict[str, Reads] = {
+    **{module.RULE_ID: module.READS for module in MODULES},
+    **{rule_id: reads(rule) for rule_id, rule in load_table().items()},
 }
 
 
@@ -59,4 +65,4 @@ def run(rule_ids: Iterable[str], record: Chart) -> list[Finding]:
     return findings
 
 
-__all__ = ["CHECK_FAILED", "DATA_NOT_READ", "RULES", "SERVICE_CARDS", "Finding", "run"]
+__all__ = ["CHECK_FAILED", "DATA_NOT_READ", "READS", "RULES", "SERVICE_CARDS", "Finding", "run"]

@@ -1,4 +1,4 @@
-"""What a rule returns: findings with their evidence, never card text."""
+"""What a rule returns (findings with their evidence, never card text), and what it reads."""
 
 from __future__ import annotations
 
@@ -26,3 +26,29 @@ class Finding:
     evidence: tuple[Any, ...] = ()
     also: tuple[Finding, ...] = ()
     quiet_unless_changed: bool = False
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What a rule reads from the chart, by FHIR resource type: the value sets of the
+    Observations (laboratory results, vital signs, coded results), Conditions,
+    MedicationRequests and Procedures, and whether it reads the Patient (sex, birth date).
+    Each service must prefetch what its rules read (tests/test_prefetch_coverage.py)."""
+
+    observations: tuple[str, ...] = ()
+    conditions: tuple[str, ...] = ()
+    medications: tuple[str, ...] = ()
+    procedures: tuple[str, ...] = ()
+    patient: bool = False
+
+    def __or__(self, other: Reads) -> Reads:
+        def union(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(dict.fromkeys((*a, *b)))
+
+        return Reads(
+            union(self.observations, other.observations),
+            union(self.conditions, other.conditions),
+            union(self.medications, other.medications),
+            union(self.procedures, other.procedures),
+            self.patient or other.patient,
+        )

@@ -25,9 +25,11 @@ from __future__ import annotations
 from typing import Any
 
 from cds_service.knowledge.chart import Chart
+from cds_service.rules.base import Reads
 
 OTHER_CTD = ("dermatomyositis", "systemic-lupus")
 DISEASES = ("systemic-sclerosis", *OTHER_CTD)
+READS = Reads(conditions=DISEASES)
 
 
 def has_systemic_sclerosis(record: Chart) -> bool:

@@ -30,14 +30,15 @@ from typing import Any
 
 from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.loader import thresholds
+from cds_service.rules.base import Reads
+from cds_service.rules.predicates import is_recent, says
 
 ORDER = ("small", "large", "tumoral", "inflammatory", "infected", "ulcerated", "disabling")
 # Thresholds and words: knowledge/thresholds.yaml, `calcinosis_lesion`.
-
-
-def _says(text: str, words: tuple[str, ...]) -> bool:
-    padded = f" {text} "
-    return any(f" {word} " in padded for word in words)
+READS = Reads(
+    observations=("lesion-size", "smoking-status"),
+    conditions=("calcinosis", "skin-infection", "digital-ulcer", "tobacco-use", "raynaud"),
+)
 
 
 def lesion_features(record: Chart) -> tuple[list[str], list[Any]]:
@@ -55,7 +56,7 @@ def lesion_features(record: Chart) -> tuple[list[str], list[Any]]:
             features.append("large")
         evidence.append(size)
     for feature, words in limits["words"].items():
-        if any(_says(c.text, tuple(words)) for c in calcinosis):
+        if any(says(c.text, words) for c in calcinosis):
             features.append(feature)
     for feature, valueset in (("infected", "skin-infection"), ("ulcerated", "digital-ulcer")):
         found = record.conditions_in(valueset)
@@ -66,7 +67,7 @@ def lesion_features(record: Chart) -> tuple[list[str], list[Any]]:
     if (
         smoking is not None
         and "current-smoker" in smoking.value_sets
-        and (record.now - smoking.when).days <= limits["smoking_max_age_days"]
+        and is_recent(smoking.when, record.now, limits["smoking_max_age_days"])
     ):
         features.append("smoking")
         evidence.append(smoking)

@@ -15,28 +15,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from cds_service.fhir.record import CodedResult
 from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.loader import thresholds
-from cds_service.rules.base import Finding
+from cds_service.rules.base import Finding, Reads
+from cds_service.rules.predicates import is_positive
 
 RULE_ID = "calcinosis-risk-screening"
 RISK_CONDITIONS = ("digital-ulcer", "osteoporosis", "interstitial-lung-disease")
 ANTIBODIES = ("anti-centromere", "anti-pm-scl", "anti-rna-polymerase-iii")
-POSITIVE_WORDS = ("positive", "positif", "detected", "detecte", "present")
-NEGATIVE_WORDS = ("negative", "negatif", "not detected", "non detecte", "absent", "undetected")
-
-
-def is_positive(result: CodedResult) -> bool:
-    """A qualitative result the lab called positive (flag, words or a value above range)."""
-    if result.flagged_positive:  # value set positive-interpretation
-        return True
-    text = f" {result.text} "
-    if any(f" {word} " in text for word in NEGATIVE_WORDS):
-        return False
-    if any(f" {word} " in text for word in POSITIVE_WORDS):
-        return True
-    return result.quantity is not None and result.high is not None and result.quantity > result.high
+READS = Reads(
+    observations=ANTIBODIES,
+    conditions=("systemic-sclerosis", "calcinosis", *RISK_CONDITIONS),
+    patient=True,  # sex
+)
 
 
 def evaluate(record: Chart) -> list[Finding]:

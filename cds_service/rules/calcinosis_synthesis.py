@@ -21,10 +21,16 @@ from __future__ import annotations
 
 from cds_service.knowledge.chart import Chart
 from cds_service.rules import calcinosis_context, calcinosis_lesion, calcinosis_workup
-from cds_service.rules.base import Finding
+from cds_service.rules.base import Finding, Reads
 
 RULE_ID = "calcinosis-synthesis"
 NO_DISEASE = "none"  # calcinosis without SSc, dermatomyositis or lupus on the problem list
+READS = (
+    Reads(conditions=("calcinosis",))
+    | calcinosis_context.READS
+    | calcinosis_lesion.READS
+    | calcinosis_workup.READS
+)
 
 
 def variant(features: list[str], missing: list[str]) -> str | None:

@@ -23,10 +23,18 @@ from typing import Any
 from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.renal import RenalStatus
-from cds_service.rules.base import Finding
+from cds_service.rules.base import Finding, Reads
+from cds_service.rules.predicates import RENAL_READS, recent_lab
 
 RULE_ID = "calcinosis-type"
 ADVANCED_CKD = frozenset({"G4", "G5", "G5D"})
+READS = (
+    Reads(
+        observations=("calcium", "calcium-ionised", "phosphate", "pth"),
+        conditions=("calcinosis", "hyperparathyroidism", "hypercalcaemia"),
+    )
+    | RENAL_READS
+)
 
 
 def abnormalities(record: Chart) -> tuple[list[tuple[str, Any]], bool]:
@@ -35,8 +43,7 @@ def abnormalities(record: Chart) -> tuple[list[tuple[str, Any]], bool]:
     max_days = limits["max_age_days"]
 
     def recent(concept: str) -> Any:
-        lab = record.labs.get(concept)
-        return lab if lab is not None and (record.now - lab.when).days <= max_days else None
+        return recent_lab(record, concept, max_days)
 
     found: list[tuple[str, Any]] = []
     for concept in ("calcium", "calcium-ionised"):

@@ -18,6 +18,8 @@ from typing import Any
 
 from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.loader import thresholds
+from cds_service.rules.base import Reads
+from cds_service.rules.predicates import recent_lab
 
 # Test -> (lab concepts that count as done, value set of the order to suggest).
 TESTS: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -27,6 +29,7 @@ TESTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("vitamin-d",), "vitamin-d-order"),
     (("egfr", "creatinine"), "renal-function-order"),
 )
+READS = Reads(observations=tuple(c for concepts, _order in TESTS for c in concepts))
 
 
 def missing_tests(record: Chart) -> list[str]:
@@ -34,13 +37,7 @@ def missing_tests(record: Chart) -> list[str]:
     max_days = thresholds()["calcinosis_workup"]["max_age_days"]
     missing = []
     for concepts, order in TESTS:
-        recent = [
-            lab
-            for concept in concepts
-            if (lab := record.labs.get(concept)) is not None
-            and (record.now - lab.when).days <= max_days
-        ]
-        if not recent:
+        if not any(recent_lab(record, concept, max_days) for concept in concepts):
             missing.append(order)
     return missing
 

@@ -33,6 +33,7 @@ from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.renal import RenalStatus
 from cds_service.knowledge.safety import load_table
 from cds_service.rules.base import Finding
+from cds_service.rules.predicates import all_orders
 from cds_service.rules.treatment_safety import evaluate_rule
 from cds_service.terminology import Match
 
@@ -98,9 +99,7 @@ def proposed_order(valueset: str) -> MedicationFact:
 
 def current_orders(record: Chart, valueset: str) -> tuple[MedicationFact, ...]:
     """The patient's orders of a value set: active and on-hold, and the drafts under review."""
-    return tuple(
-        m for m in (*record.medications, *(record.drafts or ())) if valueset in m.valuesets
-    )
+    return tuple(m for m in all_orders(record) if valueset in m.valuesets)
 
 
 def safety_of(record: Chart, valueset: str) -> tuple[tuple[Finding, ...], tuple[str, ...]]:

@@ -2,7 +2,9 @@
 
 The table is data (``knowledge/safety.yaml``): per rule, the drugs it checks, rows of
 criterion -> card variant, and the sources of each rule (drug labels and seeds). This module
-only reads the table and evaluates criteria against the patient record.
+only reads the table and evaluates criteria against the patient record: `EVALUATORS` maps each
+name of the grammar (knowledge/safety.py `CRITERIA`) to one function, and the module refuses
+to load when the two name different criteria.
 
 When: an order under review (active at patient-view, draft at order-select / order-sign) of a
 rule's drugs, and a row's criterion holds (the first that holds wins).
@@ -27,8 +29,22 @@ from typing import Any
 from cds_service.fhir.record import DataNote, MedicationFact
 from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.renal import RenalStatus
-from cds_service.knowledge.safety import CODED_STAGE_BOUND, Row, SafetyRule, load_table
-from cds_service.rules.base import Finding
+from cds_service.knowledge.safety import (
+    CODED_STAGE_BOUND,
+    CRITERIA,
+    Row,
+    SafetyRule,
+    load_table,
+)
+from cds_service.rules.base import Finding, Reads
+from cds_service.rules.predicates import (
+    RENAL_READS,
+    all_orders,
+    at_least,
+    below,
+    conditions_of,
+    recent_lab,
+)
 
 # --------------------------------------------------------------------------- criteria
 
@@ -78,54 +94,73 @@ def holds(when: Mapping[str, Any], record: Chart) -> tuple[bool, list[Any]]:
     what the card calls the criterion)."""
     evidence: list[Any] = []
     for key, value in when.items():
-        ok, found = _one(key, value, record)
+        ok, found = EVALUATORS[key](value, record)
         if not ok:
             return False, []
         evidence += found
     return True, evidence
 
 
-def _one(key: str, value: Any, record: Chart) -> tuple[bool, list[Any]]:
+Evaluation = tuple[bool, list[Any]]
+
+
+def _renal_below(limit: float, record: Chart) -> Evaluation:
+    bound = renal_bound(record.renal)
+    ok = bound is not None and bound < limit
+    return ok, _renal_evidence(record) if ok else []
+
+
+def _renal_below_inclusive(limit: float, record: Chart) -> Evaluation:
+    bound = renal_bound(record.renal)
+    ok = bound is not None and bound <= limit
+    return ok, _renal_evidence(record) if ok else []
+
+
+def _renal_stale(_value: bool, record: Chart) -> Evaluation:
     renal = record.renal
-    if key in ("renal_below", "renal_below_inclusive"):
-        bound = renal_bound(renal)
-        ok = bound is not None and (bound < value if key == "renal_below" else bound <= value)
-        return ok, _renal_evidence(record) if ok else []
-    if key == "renal_stale":
-        ok = renal.source in ("measured", "computed") and renal.stale
-        return ok, _renal_evidence(record) if ok else []
-    if key == "renal_unknown":
-        return (not renal.known), ([renal, *renal_notes(record)] if not renal.known else [])
-    if key == "condition":
-        found = [c for vs in value for c in record.conditions_in(vs)]
-        return bool(found), found
-    if key == "current_condition":
-        return _current_condition(value, record)
-    if key == "lab_below":
-        lab = record.labs.get(value["concept"])
-        recent = lab is not None and (record.now - lab.when).days <= value["max_age_days"]
-        ok = recent and lab is not None and lab.value < value["value"]
-        return ok, [lab] if ok else []
-    if key == "partner":
-        return True, []
-    if key == "any":
-        for sub in value:
-            ok, found = holds(sub, record)
-            if ok:
-                return True, found
-        return False, []
-    if key == "all":
-        evidence: list[Any] = []
-        for sub in value:
-            ok, found = holds(sub, record)
-            if not ok:
-                return False, []
-            evidence += found
-        return True, evidence
-    raise ValueError(f"unknown criterion {key}")  # load_table() prevents this
+    ok = renal.source in ("measured", "computed") and renal.stale
+    return ok, _renal_evidence(record) if ok else []
 
 
-def _current_condition(value: Mapping[str, Any], record: Chart) -> tuple[bool, list[Any]]:
+def _renal_unknown(_value: bool, record: Chart) -> Evaluation:
+    renal = record.renal
+    return (not renal.known), ([renal, *renal_notes(record)] if not renal.known else [])
+
+
+def _condition(valuesets: list[str], record: Chart) -> Evaluation:
+    found = conditions_of(record, valuesets)
+    return bool(found), found
+
+
+def _lab_below(value: Mapping[str, Any], record: Chart) -> Evaluation:
+    lab = recent_lab(record, value["concept"], value["max_age_days"])
+    ok = lab is not None and below(lab, value["value"])
+    return ok, [lab] if ok else []
+
+
+def _partner(_value: bool, _record: Chart) -> Evaluation:
+    return True, []
+
+
+def _any(criteria: list[Mapping[str, Any]], record: Chart) -> Evaluation:
+    for sub in criteria:
+        ok, found = holds(sub, record)
+        if ok:
+            return True, found
+    return False, []
+
+
+def _all(criteria: list[Mapping[str, Any]], record: Chart) -> Evaluation:
+    evidence: list[Any] = []
+    for sub in criteria:
+        ok, found = holds(sub, record)
+        if not ok:
+            return False, []
+        evidence += found
+    return True, evidence
+
+
+def _current_condition(value: Mapping[str, Any], record: Chart) -> Evaluation:
     """An active condition of the value sets that is current: asserted (latest of onset and
     recordedDate) within ``max_age_days``, or undated; and not contradicted by the latest
     reading of ``unless_lab_at_least.concept`` at or above its value, taken after the
@@ -136,22 +171,43 @@ def _current_condition(value: Mapping[str, Any], record: Chart) -> tuple[bool, l
     unless = value.get("unless_lab_at_least")
     lab = record.labs.get(unless["concept"]) if unless else None
     today = record.now.date()
-    for condition in (c for vs in value["condition"] for c in record.conditions_in(vs)):
+    for condition in conditions_of(record, value["condition"]):
         asserted = condition.asserted
         if asserted is not None and (today - asserted).days > max_age:
             continue  # an old entry: not today's state
-        if unless and lab is not None and lab.value >= unless["value"]:
+        if unless and lab is not None and at_least(lab, unless["value"]):
             since = asserted if asserted is not None else today - timedelta(days=max_age)
             if lab.when.date() >= since and lab.comparator not in ("<", "<="):
                 continue  # a newer normal reading contradicts it
         agrees = (
             lab is not None
             and unless is not None
-            and lab.value < unless["value"]
+            and below(lab, unless["value"])
             and (today - lab.when.date()).days <= unless.get("max_age_days", max_age)
         )
         return True, [condition, *([lab] if agrees else [])]
     return False, []
+
+
+# The evaluator of each criterion of the grammar (knowledge/safety.py CRITERIA): one function
+# per name, and the same names, or the module refuses to load.
+EVALUATORS: Mapping[str, Callable[[Any, Chart], Evaluation]] = {
+    "renal_below": _renal_below,
+    "renal_below_inclusive": _renal_below_inclusive,
+    "renal_stale": _renal_stale,
+    "renal_unknown": _renal_unknown,
+    "condition": _condition,
+    "current_condition": _current_condition,
+    "lab_below": _lab_below,
+    "partner": _partner,
+    "any": _any,
+    "all": _all,
+}
+if set(EVALUATORS) != set(CRITERIA):
+    raise RuntimeError(
+        "treatment_safety.EVALUATORS and knowledge/safety.py CRITERIA name different criteria: "
+        f"{sorted(set(EVALUATORS) ^ set(CRITERIA))}"
+    )
 
 
 # --------------------------------------------------------------------------- rules
@@ -199,10 +255,6 @@ def record_renal(evidence: list[Any]) -> RenalStatus | None:
     return next((e for e in evidence if isinstance(e, RenalStatus)), None)
 
 
-def _all_orders(record: Chart) -> list[MedicationFact]:
-    return [*record.medications, *(record.drafts or ())]
-
-
 def evaluate_rule(rule: SafetyRule, record: Chart) -> list[Finding]:
     if not rule.interaction:
         findings = []
@@ -212,7 +264,7 @@ def evaluate_rule(rule: SafetyRule, record: Chart) -> list[Finding]:
                 findings.append(_finding(rule, first[0], order, first[1]))
         return findings
     under_review = {o.ref for vs in (*rule.drugs, *rule.partners) for o in record.orders_in(vs)}
-    orders = _all_orders(record)
+    orders = all_orders(record)
     drugs = [o for o in orders if o.valuesets & set(rule.drugs)]
     partners = [o for o in orders if o.valuesets & set(rule.partners)]
     findings = []
@@ -227,6 +279,18 @@ def evaluate_rule(rule: SafetyRule, record: Chart) -> list[Finding]:
             subject, other = (drug, partner) if drug.ref in under_review else (partner, drug)
             findings.append(_finding(rule, first[0], subject, first[1], other))
     return findings
+
+
+def reads(rule: SafetyRule) -> Reads:
+    """What a table rule reads: its drugs and partners, the value sets and laboratory concepts
+    its criteria name (knowledge/safety.py CRITERIA), and the renal status when a criterion
+    reads it."""
+    own = Reads(
+        observations=tuple(sorted(rule.lab_concepts())),
+        conditions=tuple(sorted(rule.condition_valuesets())),
+        medications=(*rule.drugs, *rule.partners),
+    )
+    return own | RENAL_READS if rule.reads_renal else own
 
 
 def table_rules() -> dict[str, Callable[[Chart], list[Finding]]]:
