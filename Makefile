@@ -15,6 +15,7 @@ DATABASE_URL ?= sqlite:///$(CURDIR)/var/calcinosis-cds.sqlite3
 help:
 	@echo "make run     serve the CDS service on http://$(HOST):$(PORT) (PORT=... to change)"
 	@echo "make test    lint (ruff) and run the whole test suite"
+	@echo "make fuzz    fuzz the HTTP API ten times longer than make test, from a new seed each run"
 	@echo "make format  format the code with ruff"
 	@echo "make fixtures  regenerate fixtures/ (AS_OF=YYYY-MM-DD to re-anchor the dates)"
 	@echo "make golden  rewrite the golden cards (fixtures/golden/, fixtures/field/golden/)"
@@ -54,6 +55,13 @@ test: lint
 		CDS_TEST_CHROMIUM="$$(scripts/ensure-browser)"; export CDS_TEST_CHROMIUM; \
 		echo "Chromium for the browser tests: $${CDS_TEST_CHROMIUM:-none (skipped)}"; \
 		$(BIN)/python -m pytest
+
+# Property-based fuzzing, longer than in `make test`: the Hypothesis profile `fuzz` of
+# tests/conftest.py (ten times the examples of `ci`, a new random seed each run; a failure prints
+# the @reproduce_failure line that replays it). About two minutes.
+.PHONY: fuzz
+fuzz: $(VENV)/.installed-test
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py tests/test_json_nesting_depth.py
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .

@@ -17,13 +17,28 @@ import httpx
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, text
+from hypothesis import settings as hypothesis_settings
+from sqlalchemy import create_engine, func, select, text
 
 from cds_service.app import create_app
 from cds_service.devtools.fixture_set import transaction_bundle
 from cds_service.devtools.hookrequest import resources_of
 from cds_service.hooks.validation import violations
 from cds_service.settings import Settings
+from cds_service.store import metadata as store_metadata
+
+# Hypothesis profiles. `ci` (what `make test` runs): a quarter of Hypothesis' 100 examples per
+# property, derandomised so every run tries the same inputs, no deadline (a 2-core machine is
+# slow). `fuzz` (`make fuzz`): ten times as many, from a new random seed each run; a failure
+# prints the `@reproduce_failure` blob that replays it. HYPOTHESIS_PROFILE picks one (default
+# `ci`); `pytest --hypothesis-profile=NAME` overrides it.
+hypothesis_settings.register_profile(
+    "ci", max_examples=25, deadline=None, derandomize=True, database=None
+)
+hypothesis_settings.register_profile(
+    "fuzz", max_examples=250, deadline=None, derandomize=False, database=None, print_blob=True
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "ci")
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_ROOT = ROOT / "fixtures"
@@ -105,6 +120,25 @@ def app(settings: Settings) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture(scope="module")
+def shared_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlaskClient]:
+    """One app, default settings, for the tests of a module that leave its store empty: calls
+    answered with an error, discovery, health, preflights (a call that issues cards or takes
+    feedback writes to the store, and needs `client`). It fails the module if a row was
+    stored."""
+    application = create_app(make_settings(tmp_path_factory.mktemp("shared")))
+    yield application.test_client()
+    engine = application.extensions["cds_engine"]
+    with engine.store.engine.connect() as conn:
+        stored = {
+            table.name: count
+            for table in store_metadata.sorted_tables
+            if (count := conn.execute(select(func.count()).select_from(table)).scalar_one())
+        }
+    engine.close()
+    assert not stored, f"a test on shared_client wrote to its store: {stored}"
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Property-based fuzzing of the HTTP API (hypothesis, Flask test client, no network).
 
-Over 10,000 generated requests across discovery, the three services, unknown service ids,
-feedback and the other routes: random JSON, mutations of the fixture requests (fields dropped,
+Generated requests across discovery, the three services, unknown service ids, feedback, the
+preview page and the other routes: random JSON, mutations of the fixture requests (fields dropped,
 replaced, retyped at random paths, wrong hooks, huge strings, deep nesting, unicode, raw number
 literals such as 1e308 / NaN), random content types, raw bytes and random methods. For every
 answer:
@@ -11,9 +11,11 @@ answer:
   (204 and 200 preflights, 401) and for HEAD;
 - a 200 body (cards above all) validates against the documented schema.
 
-The run is deterministic (`derandomize=True`) and bounded (`max_examples`); the last counted
-test checks how many requests were sent (tests run in file order). The bugs this fuzzing found
-have regression tests at the end.
+How long each property searches is set by the Hypothesis profile (tests/conftest.py): `ci`,
+what `make test` runs, is deterministic and short; `fuzz` (`make fuzz`) searches ten times
+longer from a new seed each run. Whatever the profile, every route the app serves receives a
+request (ROUTE_PATHS, checked by test_every_route_is_fuzzed). The bugs this fuzzing found have
+regression tests at the end.
 """
 
 from __future__ import annotations
@@ -23,15 +25,16 @@ import importlib
 import json
 import pkgutil
 import re
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, example, find, given, settings
 from hypothesis import strategies as st
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import MapAdapter, RequestRedirect
 from werkzeug.test import TestResponse
 
 import cds_service
@@ -54,28 +57,16 @@ for _package in (cds_service, fixtures):
 
 # ----------------------------------------------------------------------------- bookkeeping
 
-REQUIRED_TOTAL = 10_000
-SENT: Counter[str] = Counter()  # requests sent, by route kind
 UNSERVED: set[str] = set()  # documented paths the app does not serve yet (e.g. /openapi.json)
 STATIC: list[bool] = []  # whether the app has Flask's built-in /static/<filename> route
-COUNTED_TESTS = {
-    "test_random_requests",
-    "test_random_json_on_every_post_route",
-    "test_fixture_mutations",
-    "test_raw_number_literals",
-    "test_deep_nesting",
-    "test_huge_strings",
-    "test_feedback_mutations",
-}
 
 
 def fuzz(examples: int, shrink: bool = True) -> settings:
-    """Deterministic and bounded; `shrink=False` for searches that need no minimal example."""
+    """`examples` per 100 of the profile's `max_examples` (a quarter of them under `ci`, two and
+    a half times under `fuzz`); seed, deadline and database come from the profile.
+    `shrink=False` for searches that need no minimal example."""
     return settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
+        max_examples=max(1, examples * settings.default.max_examples // 100),
         phases=list(Phase) if shrink else [Phase.explicit, Phase.generate],
         suppress_health_check=[
             HealthCheck.too_slow,
@@ -92,19 +83,6 @@ JSON = "application/json"
 FIXTURES = [
     (hook, name, load_request(name, hook)) for hook in HOOKS for name in fixture_names(hook)
 ]
-
-
-def route_kind(path: str) -> str:
-    parts = path.split("/")
-    if path == "/cds-services":
-        return "discovery"
-    if len(parts) == 3 and parts[1] == "cds-services":
-        return f"service:{parts[2] if parts[2] in SERVICE_IDS else 'unknown'}"
-    if len(parts) == 4 and parts[1] == "cds-services" and parts[3] == "feedback":
-        return "feedback"
-    if len(parts) == 5 and parts[1] == "cds-services" and parts[3:] == ["feedback", "summary"]:
-        return "summary"
-    return "health" if path == "/healthz" else "other"
 
 
 # ----------------------------------------------------------------------------- the app
@@ -159,10 +137,9 @@ def send(
     ctype: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> TestResponse:
-    """Send one request, count it, and check every property of its answer."""
+    """Send one request and check every property of its answer."""
     response = client.open(path, method=method, data=body, content_type=ctype, headers=headers)
     routed = response.request.path  # percent-decoded, as Flask routes it
-    SENT[route_kind(routed)] += 1
     status = response.status_code
     data = response.get_data()
     where = f"{describe(method, path, body, ctype, headers)} -> {status} {data[:600]!r}"
@@ -360,18 +337,32 @@ HEADERS = st.fixed_dictionaries(
 )
 
 
+# Any one path segment, percent-encoded.
+ANY_SEGMENT = st.text(min_size=1, max_size=20).map(lambda s: quote(s, safe=""))
 # A path segment for a service id: the three ids, and anything else, percent-encoded (some
 # decode to "/" and so to empty path segments, which once got a 308 HTML redirect: see
 # test_paths_with_empty_segments_are_not_redirected).
 SERVICE_SEGMENTS = st.one_of(
     st.sampled_from(SERVICE_IDS),
     st.sampled_from(["x", "..", ".", "CALCINOSIS-PATIENT-VIEW", "calcinosis-patient-view "]),
-    st.text(min_size=1, max_size=20).map(lambda s: quote(s, safe="")),
+    ANY_SEGMENT,
 )
 PATHS = st.one_of(
     st.just("/cds-services"),
     st.just("/healthz"),
     st.just("/openapi.json"),
+    st.just("/metrics"),
+    st.sampled_from(["/preview/fixtures", "/preview/requests", "/preview/", "/preview"]),
+    st.builds(
+        lambda f: f"/preview/static/{f}",
+        st.sampled_from(["preview.js", "preview.css", "preview.html", "..%2Froutes.py"])
+        | ANY_SEGMENT,
+    ),
+    st.builds(
+        lambda hook, name: f"/preview/fixtures/{hook}/{name}",
+        st.sampled_from(HOOKS) | ANY_SEGMENT,
+        st.sampled_from([name for _hook, name, _body in FIXTURES]) | ANY_SEGMENT,
+    ),
     st.builds(lambda s: f"/cds-services/{s}", SERVICE_SEGMENTS),
     st.builds(lambda s: f"/cds-services/{s}/feedback", SERVICE_SEGMENTS),
     st.builds(lambda s: f"/cds-services/{s}/feedback/summary", SERVICE_SEGMENTS),
@@ -406,6 +397,45 @@ RAW_BODIES = st.one_of(
     ),
     json_values().map(lambda v: json.dumps(v).encode()),
 )
+
+
+# One path of every route the app serves: test_random_requests sends each of them, whatever
+# the profile, and test_every_route_is_fuzzed fails when a route is missing here.
+ROUTE_PATHS = [
+    "/",
+    "/cds-services",
+    *(f"/cds-services/{sid}" for sid in SERVICE_IDS),
+    "/cds-services/unknown-service",
+    *(f"/cds-services/{sid}/feedback" for sid in SERVICE_IDS),
+    *(f"/cds-services/{sid}/feedback/summary" for sid in SERVICE_IDS),
+    "/healthz",
+    "/metrics",
+    "/openapi.json",
+    "/preview/fixtures",
+    "/preview/fixtures/patient-view/01-ssc-calcinosis",
+    "/preview/requests",
+    "/preview/static/preview.js",
+]
+
+
+def every_route(test: Callable[..., None]) -> Callable[..., None]:
+    """Explicit examples for test_random_requests: each of ROUTE_PATHS with GET and POST."""
+    for path in reversed(ROUTE_PATHS):  # examples run in the order they are listed
+        test = example(methods=("GET", "POST"), path=path, ctype=JSON, body=b"{}", headers={})(test)
+    return test
+
+
+def routed_to(adapter: MapAdapter, path: str) -> str | None:
+    """The route (rule text) the app gives a request path, or None when it has none."""
+    for method in ("GET", "POST"):
+        try:
+            rule, _args = adapter.match(unquote(path), method=method, return_rule=True)
+        except MethodNotAllowed:
+            continue
+        except (NotFound, RequestRedirect):
+            return None
+        return rule.rule
+    return None
 
 
 # ----------------------------------------------------------------------------- mutations
@@ -589,6 +619,7 @@ def mutated_fixture(draw: st.DrawFn, surrogates: bool = True) -> tuple[str, dict
 
 
 @fuzz(1500)
+@every_route
 @given(
     methods=st.tuples(METHODS, METHODS),
     path=PATHS,
@@ -618,12 +649,14 @@ def test_random_requests(
 def test_random_json_on_every_post_route(
     api: FlaskClient, value: Any, ctype: str, unknown: str
 ) -> None:
-    """The same random JSON to the three services, an unknown one and their feedback routes."""
+    """The same random JSON to the three services, an unknown one, their feedback routes and
+    the preview page's request builder."""
     body = json.dumps(value).encode()
     for sid in [*SERVICE_IDS, unknown]:
         send(api, "POST", f"/cds-services/{sid}", body, ctype)
     for sid in SERVICE_IDS:
         send(api, "POST", f"/cds-services/{sid}/feedback", body, ctype)
+    send(api, "POST", "/preview/requests", body, ctype)
 
 
 @fuzz(900)
@@ -743,18 +776,19 @@ def test_feedback_mutations(api: FlaskClient, issued: Issued, data: st.DataObjec
         send(api, "GET", f"/cds-services/{sid}/feedback/summary")
 
 
-def test_requests_sent(request: pytest.FixtureRequest) -> None:
-    """The counted tests above sent at least 10,000 requests, over every route."""
-    selected = {item.name for item in request.session.items if item.module is request.module}
-    if not selected >= COUNTED_TESTS:
-        pytest.skip("run the whole module to count the requests")
-    total = sum(SENT.values())
-    print(f"\nfuzz: {total} requests sent: {dict(sorted(SENT.items()))}")
-    assert total >= REQUIRED_TOTAL, dict(SENT)
-    for kind in ["discovery", "feedback", "summary", "service:unknown"] + [
-        f"service:{sid}" for sid in SERVICE_IDS
-    ]:
-        assert SENT[kind] >= 50, (kind, dict(SENT))
+def test_every_route_is_fuzzed(api: FlaskClient) -> None:
+    """Every route the app serves (Flask's own /static aside) is in ROUTE_PATHS, so it gets
+    requests in every run, and is one the random paths of test_random_requests can reach."""
+    app = api.application
+    adapter = app.url_map.bind("localhost")
+    served = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
+    assert {routed_to(adapter, path) for path in ROUTE_PATHS} == served
+    for rule in sorted(served):
+        find(
+            PATHS,
+            lambda path, rule=rule: routed_to(adapter, path) == rule,
+            settings=settings(max_examples=2000, derandomize=True, database=None),
+        )
 
 
 # ----------------------------------------------------------------------------- regressions

@@ -40,8 +40,8 @@ def mutated(change: Any) -> dict[str, Any]:
     return body
 
 
-def test_malformed_json_is_400_with_position(client: FlaskClient) -> None:
-    response = client.post(
+def test_malformed_json_is_400_with_position(shared_client: FlaskClient) -> None:
+    response = shared_client.post(
         SERVICE_URL, data='{"hook": "patient-view",', content_type="application/json"
     )
     found = issue(400, response)
@@ -50,13 +50,13 @@ def test_malformed_json_is_400_with_position(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize("raw", ["[1, 2]", '"text"', "null", '{"a": NaN}'])
-def test_body_that_is_not_a_json_object_is_400(client: FlaskClient, raw: str) -> None:
-    issue(400, client.post(SERVICE_URL, data=raw, content_type="application/json"))
+def test_body_that_is_not_a_json_object_is_400(shared_client: FlaskClient, raw: str) -> None:
+    issue(400, shared_client.post(SERVICE_URL, data=raw, content_type="application/json"))
 
 
-def test_deeply_nested_json_is_400_not_500(client: FlaskClient) -> None:
+def test_deeply_nested_json_is_400_not_500(shared_client: FlaskClient) -> None:
     raw = "[" * 100_000 + "]" * 100_000
-    issue(400, client.post(SERVICE_URL, data=raw, content_type="application/json"))
+    issue(400, shared_client.post(SERVICE_URL, data=raw, content_type="application/json"))
 
 
 @pytest.mark.parametrize(
@@ -85,15 +85,15 @@ def test_deeply_nested_json_is_400_not_500(client: FlaskClient) -> None:
     ],
 )
 def test_schema_violation_is_400_naming_the_path(
-    client: FlaskClient, change: Any, path: str
+    shared_client: FlaskClient, change: Any, path: str
 ) -> None:
-    found = issue(400, client.post(SERVICE_URL, json=mutated(change)))
+    found = issue(400, shared_client.post(SERVICE_URL, json=mutated(change)))
     assert found["expression"] == [path]
 
 
-def test_wrong_hook_for_the_service_is_400(client: FlaskClient) -> None:
+def test_wrong_hook_for_the_service_is_400(shared_client: FlaskClient) -> None:
     found = issue(
-        400, client.post(SERVICE_URL, json=mutated(lambda b: b.update(hook="order-sign")))
+        400, shared_client.post(SERVICE_URL, json=mutated(lambda b: b.update(hook="order-sign")))
     )
     assert found["expression"] == ["hook"]
     assert "patient-view" in found["diagnostics"]
@@ -124,41 +124,43 @@ def test_invalid_fhir_resource_the_rules_read_is_left_out_and_named(client: Flas
     assert "twenty-two" not in response.get_data(as_text=True)
 
 
-def test_resource_of_another_patient_is_400(client: FlaskClient) -> None:
+def test_resource_of_another_patient_is_400(shared_client: FlaskClient) -> None:
     def other_patient(body: dict[str, Any]) -> None:
         body["prefetch"]["conditions"]["entry"][0]["resource"]["subject"]["reference"] = (
             "Patient/other"
         )
 
-    found = issue(400, client.post(SERVICE_URL, json=mutated(other_patient)))
+    found = issue(400, shared_client.post(SERVICE_URL, json=mutated(other_patient)))
     assert found["expression"] == ["prefetch.conditions.entry[0].resource.subject.reference"]
 
 
-def test_patient_resource_with_another_id_is_400(client: FlaskClient) -> None:
+def test_patient_resource_with_another_id_is_400(shared_client: FlaskClient) -> None:
     found = issue(
         400,
-        client.post(SERVICE_URL, json=mutated(lambda b: b["prefetch"]["patient"].update(id="x"))),
+        shared_client.post(
+            SERVICE_URL, json=mutated(lambda b: b["prefetch"]["patient"].update(id="x"))
+        ),
     )
     assert found["expression"] == ["prefetch.patient.id"]
 
 
-def test_unknown_service_is_404(client: FlaskClient) -> None:
-    found = issue(404, client.post("/cds-services/no-such-service", json=REQUEST))
+def test_unknown_service_is_404(shared_client: FlaskClient) -> None:
+    found = issue(404, shared_client.post("/cds-services/no-such-service", json=REQUEST))
     assert found["code"] == "not-found"
 
 
-def test_unknown_route_is_json_404(client: FlaskClient) -> None:
-    issue(404, client.get("/nothing-here"))
+def test_unknown_route_is_json_404(shared_client: FlaskClient) -> None:
+    issue(404, shared_client.get("/nothing-here"))
 
 
-def test_wrong_method_is_json_405(client: FlaskClient) -> None:
-    issue(405, client.get(SERVICE_URL))
+def test_wrong_method_is_json_405(shared_client: FlaskClient) -> None:
+    issue(405, shared_client.get(SERVICE_URL))
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
-def test_non_json_content_type_is_415(client: FlaskClient, content_type: str | None) -> None:
+def test_non_json_content_type_is_415(shared_client: FlaskClient, content_type: str | None) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
-    found = issue(415, client.post(SERVICE_URL, data=b"{}", headers=headers))
+    found = issue(415, shared_client.post(SERVICE_URL, data=b"{}", headers=headers))
     assert found["expression"] == ["header Content-Type"]
 
 
@@ -178,25 +180,28 @@ def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
     assert "4096" in found["diagnostics"]
 
 
-def test_missing_prefetch_key_is_412_naming_it(client: FlaskClient) -> None:
+def test_missing_prefetch_key_is_412_naming_it(shared_client: FlaskClient) -> None:
     found = issue(
-        412, client.post(SERVICE_URL, json=mutated(lambda b: b["prefetch"].pop("observations")))
+        412,
+        shared_client.post(SERVICE_URL, json=mutated(lambda b: b["prefetch"].pop("observations"))),
     )
     assert found["expression"] == ["prefetch.observations"]
     assert "observations" in found["diagnostics"]
 
 
-def test_operation_outcome_prefetch_is_412(client: FlaskClient) -> None:
+def test_operation_outcome_prefetch_is_412(shared_client: FlaskClient) -> None:
     outcome = {
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "timeout"}],
     }
     body = mutated(lambda b: b["prefetch"].update(medications=outcome))
-    assert issue(412, client.post(SERVICE_URL, json=body))["expression"] == ["prefetch.medications"]
+    assert issue(412, shared_client.post(SERVICE_URL, json=body))["expression"] == [
+        "prefetch.medications"
+    ]
 
 
-def test_no_prefetch_at_all_is_412_naming_every_key(client: FlaskClient) -> None:
-    found = issue(412, client.post(SERVICE_URL, json=mutated(lambda b: b.pop("prefetch"))))
+def test_no_prefetch_at_all_is_412_naming_every_key(shared_client: FlaskClient) -> None:
+    found = issue(412, shared_client.post(SERVICE_URL, json=mutated(lambda b: b.pop("prefetch"))))
     assert found["expression"] == [
         "prefetch.patient, prefetch.conditions, prefetch.observations, prefetch.medications, "
         "prefetch.procedures"
@@ -225,13 +230,13 @@ def test_errors_store_nothing_and_lose_nothing(app: Flask, client: FlaskClient) 
     assert issued_count(app) == before
 
 
-def test_nesting_beyond_the_limit_is_400(client: FlaskClient) -> None:
+def test_nesting_beyond_the_limit_is_400(shared_client: FlaskClient) -> None:
     body = copy.deepcopy(REQUEST)
     deep: Any = "leaf"
     for _ in range(70):
         deep = {"a": deep}
     body["extension"] = {"nested": deep}
-    found = issue(400, client.post(SERVICE_URL, json=body))
+    found = issue(400, shared_client.post(SERVICE_URL, json=body))
     assert "deeper than 64" in found["diagnostics"]
 
 
@@ -242,8 +247,8 @@ def test_brackets_inside_strings_do_not_count_as_nesting(client: FlaskClient) ->
 
 
 @pytest.mark.parametrize("path", ["/cds-services", SERVICE_URL, "/healthz", "/nope"])
-def test_security_headers_on_every_response(client: FlaskClient, path: str) -> None:
-    response = client.get(path)
+def test_security_headers_on_every_response(shared_client: FlaskClient, path: str) -> None:
+    response = shared_client.get(path)
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["Cache-Control"] == "no-store"

@@ -1,13 +1,15 @@
 """No patient data and no access token in the logs, even at DEBUG.
 
-Every fixture request of the three services goes through the app with every log record
-captured at DEBUG: as sent; in French; without its prefetch, with a `fhirServer` and a
-`fhirAuthorization` token, against a FHIR server that answers 401 (so the app fetches, fails and
-logs why); with errors the service reports (a resource of another patient, an invalid value, a
-wrong hook, a deep body); and with feedback (accepted, overridden with a reason and a comment,
-on an unknown card). Then none of the strings that identify the fixture patients (Patient.id,
-name, birthDate, identifier values; collected from the fixture files themselves) nor the
-token may appear in the captured text.
+Representative fixture requests of the three services (between them every card, by rule and
+variant, that the fixtures of the service give, and a silent answer) go through the app with
+every log record captured at DEBUG: as sent; in French; without its prefetch, with a
+`fhirServer` and a `fhirAuthorization` token, against a FHIR server that answers 401 (so the
+app fetches, fails and logs why); with errors the service reports (a resource of another
+patient, an invalid value, a wrong hook, a deep body); and with feedback (accepted, overridden
+with a reason and a comment, on an unknown card). Then none of the strings that identify the
+fixture patients (Patient.id, name, birthDate, identifier values; collected from every fixture
+file) nor the token may appear in the captured text: one pattern, the alternation of them all,
+searched once per record.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from tests.conftest import (
     SERVICES,
     fhir_authorization,
     fixture_names,
+    load_expected,
     load_request,
     make_settings,
 )
@@ -72,21 +75,31 @@ def sensitive_strings() -> dict[str, set[str]]:
 SENSITIVE = sensitive_strings()
 
 
-def leak_patterns() -> list[tuple[str, re.Pattern[str]]]:
-    """One pattern per sensitive string. Names and ids match as whole words (a given name
-    "Marc" is not in "March", the patient id "fix-02" is not the resource id "fix-02-obs-1");
-    dates, identifier values and the token match anywhere."""
-    patterns = [("token", re.compile(re.escape(TOKEN)))]
-    for kind, values in SENSITIVE.items():
-        for value in sorted(values):
-            if kind == "name":
-                rx = rf"(?<!\w){re.escape(value)}(?!\w)"
-            elif kind == "id":
-                rx = rf"(?<![\w.-]){re.escape(value)}(?![\w.-])"
-            else:
-                rx = re.escape(value)
-            patterns.append((f"{kind} {value!r}", re.compile(rx)))
-    return patterns
+def _alternation(values: set[str]) -> str:
+    # Longest first, so that a value is never cut short by another that is its prefix.
+    return "|".join(re.escape(v) for v in sorted(values, key=lambda v: (-len(v), v)))
+
+
+def leak_pattern() -> re.Pattern[str]:
+    """One pattern for every sensitive string and the token, a named group per kind. Names and
+    ids match as whole words (a given name "Marc" is not in "March", the patient id "fix-02" is
+    not the resource id "fix-02-obs-1"); dates, identifier values and the token match anywhere."""
+    kinds = [
+        ("token", re.escape(TOKEN)),
+        ("name", rf"(?<!\w)(?:{_alternation(SENSITIVE['name'])})(?!\w)"),
+        ("id", rf"(?<![\w.-])(?:{_alternation(SENSITIVE['id'])})(?![\w.-])"),
+        ("birthDate", _alternation(SENSITIVE["birthDate"])),
+        ("mrn", _alternation(SENSITIVE["mrn"])),
+    ]
+    return re.compile("|".join(f"(?P<{kind}>{rx})" for kind, rx in kinds))
+
+
+LEAK = leak_pattern()
+
+
+def found(text: str) -> list[str]:
+    """The leaks in `text`, as "<kind> '<string>'"."""
+    return [f"{m.lastgroup} {m.group()!r}" for m in LEAK.finditer(text)]
 
 
 def test_the_fixtures_hold_patient_data() -> None:
@@ -98,10 +111,15 @@ def test_the_fixtures_hold_patient_data() -> None:
     assert all(v.startswith("fix-") for v in SENSITIVE["id"])
 
 
-def test_the_detector_finds_leaks() -> None:
-    def found(text: str) -> list[str]:
-        return [what for what, pattern in leak_patterns() if pattern.search(text)]
+def test_the_pattern_holds_every_sensitive_string() -> None:
+    """The one pattern finds each sensitive string (and the token), whole, between spaces."""
+    strings = {TOKEN}.union(*SENSITIVE.values())
+    assert len(strings) > 200
+    for value in sorted(strings):
+        assert [m.group() for m in LEAK.finditer(f"seen {value} here")] == [value], value
 
+
+def test_the_detector_finds_leaks() -> None:
     patient = next(_patients(load_request("02-aluminium-egfr-22")))
     name = patient["name"][0]
     for leak in (
@@ -117,6 +135,32 @@ def test_the_detector_finds_leaks() -> None:
 
 
 # ----------------------------------------------------------------------------- the calls
+
+
+def card_kinds(name: str, hook: str) -> set[tuple[str, str | None]]:
+    """The (rule, variant) of each card a fixture expects; ("silent", None) for no card."""
+    cards = load_expected(name, hook)["cards"]
+    return {(c["rule"], c.get("variant")) for c in cards} or {("silent", None)}
+
+
+def representatives(hook: str) -> list[str]:
+    """Fixtures of `hook` that between them give every card kind its fixtures give: each
+    fixture, in name order, that gives a kind none before it gave. Each such fixture is also
+    sent in French, for a fetch, with errors and with feedback, so every code path runs."""
+    chosen: list[str] = []
+    seen: set[tuple[str, str | None]] = set()
+    for name in fixture_names(hook):
+        if not card_kinds(name, hook) <= seen:
+            chosen.append(name)
+            seen |= card_kinds(name, hook)
+    return chosen
+
+
+def test_the_representatives_give_every_card_kind() -> None:
+    for hook in SERVICES:
+        chosen = representatives(hook)
+        every = set().union(*(card_kinds(n, hook) for n in fixture_names(hook)))
+        assert set().union(*(card_kinds(n, hook) for n in chosen)) == every, hook
 
 
 def without_prefetch(body: dict[str, Any], server: str) -> dict[str, Any]:
@@ -222,14 +266,11 @@ def formatted(record: logging.LogRecord) -> list[str]:
 
 
 def leaks_in_records(records: list[logging.LogRecord]) -> list[str]:
-    """Each record (as formatted, traceback included) that holds a sensitive string."""
-    patterns = leak_patterns()
+    """Each sensitive string a record holds (in any of its formats, traceback included)."""
     return [
         f"{what} in: {record.name} {record.levelname} {record.getMessage()[:300]!r}"
         for record in records
-        for text in formatted(record)
-        for what, pattern in patterns
-        if pattern.search(text)
+        for what in dict.fromkeys(found("\n".join(formatted(record))))
     ]
 
 
@@ -265,13 +306,15 @@ def test_no_patient_data_or_token_in_the_logs(
     capture_everything(caplog, ("cds_service", "werkzeug", "sqlalchemy", "httpx", "httpcore"))
     client = app.test_client()
     statuses: dict[str, list[int]] = {"plain": [], "fetch": [], "faulty": []}
+    shown: set[str] = set()  # the rules of the cards given
     try:
-        for name in fixture_names(hook):
+        for name in representatives(hook):
             body = load_request(name, hook)
             url = f"/cds-services/{sid}"
             response = client.post(url, json=body)
             statuses["plain"].append(response.status_code)
             cards = response.get_json()["cards"]
+            shown |= {c["source"]["topic"]["code"] for c in cards}
             client.post(url, json=body, headers={"Accept-Language": "fr"})
             fetched = client.post(url, json=without_prefetch(body, unauthorized_fhir.base_url))
             statuses["fetch"].append(fetched.status_code)
@@ -288,7 +331,10 @@ def test_no_patient_data_or_token_in_the_logs(
     assert set(statuses["plain"]) == {200}
     assert set(statuses["fetch"]) == {412}
     assert 400 in statuses["faulty"]
-    assert len(unauthorized_fhir.seen) >= 4 * len(fixture_names(hook))
+    assert shown == {rule for n in fixture_names(hook) for rule, _ in card_kinds(n, hook)} - {
+        "silent"
+    }
+    assert len(unauthorized_fhir.seen) >= 4 * len(representatives(hook))
     assert all(s.headers.get("Authorization") == f"Bearer {TOKEN}" for s in unauthorized_fhir.seen)
     text = caplog.text
     assert "FHIR fetch failed" in text

@@ -30,8 +30,8 @@ SANDBOX = "https://sandbox.cds-hooks.org"
 ALLOWED_PARAMS = {"patient", "code", "status", "category", "date", "_count", "_sort", "_include"}
 
 
-def test_discovery_lists_exactly_the_service_definitions(client: FlaskClient) -> None:
-    body = client.get("/cds-services").json
+def test_discovery_lists_exactly_the_service_definitions(shared_client: FlaskClient) -> None:
+    body = shared_client.get("/cds-services").json
     assert violations("discovery", body) == []
     defined = yaml.safe_load(SERVICES_FILE.read_text(encoding="utf-8"))
     assert [s["id"] for s in body["services"]] == [d["id"] for d in defined]
@@ -52,9 +52,9 @@ def test_discovery_lists_exactly_the_service_definitions(client: FlaskClient) ->
 
 
 def test_prefetch_templates_use_only_spec_tokens_and_the_recommended_subset(
-    client: FlaskClient,
+    shared_client: FlaskClient,
 ) -> None:
-    for template in client.get("/cds-services").json["services"][0]["prefetch"].values():
+    for template in shared_client.get("/cds-services").json["services"][0]["prefetch"].values():
         tokens = re.findall(r"\{\{(.*?)\}\}", template)
         assert set(tokens) == {"context.patientId"}, template
         if "?" not in template:
@@ -67,16 +67,18 @@ def test_prefetch_templates_use_only_spec_tokens_and_the_recommended_subset(
         assert all(":" not in name for name in params), "no search modifiers"
 
 
-def test_observation_prefetch_asks_for_every_egfr_and_creatinine_code(client: FlaskClient) -> None:
-    template = client.get("/cds-services").json["services"][0]["prefetch"]["observations"]
+def test_observation_prefetch_asks_for_every_egfr_and_creatinine_code(
+    shared_client: FlaskClient,
+) -> None:
+    template = shared_client.get("/cds-services").json["services"][0]["prefetch"]["observations"]
     codes = dict(parse_qsl(template.split("?", 1)[1]))["code"].split(",")
     for code in ("98979-8", "62238-1", "33914-3", "2160-0", "14682-9"):
         assert f"http://loinc.org|{code}" in codes
 
 
 @pytest.mark.parametrize("path", ["/cds-services", SERVICE_URL, FEEDBACK_URL])
-def test_cors_preflight_is_answered(client: FlaskClient, path: str) -> None:
-    response = client.options(
+def test_cors_preflight_is_answered(shared_client: FlaskClient, path: str) -> None:
+    response = shared_client.options(
         path,
         headers={
             "Origin": SANDBOX,
@@ -139,14 +141,14 @@ def test_default_language_setting(tmp_path: Path) -> None:
     assert response.headers["Content-Language"] == "fr"
 
 
-def test_healthz(client: FlaskClient) -> None:
-    response = client.get("/healthz")
+def test_healthz(shared_client: FlaskClient) -> None:
+    response = shared_client.get("/healthz")
     assert response.status_code == 200
     assert response.json["status"] == "ok"
 
 
-def test_silent_patient_gets_empty_cards(client: FlaskClient) -> None:
-    response = client.post(SERVICE_URL, json=load_request("10-healthy"))
+def test_silent_patient_gets_empty_cards(shared_client: FlaskClient) -> None:
+    response = shared_client.post(SERVICE_URL, json=load_request("10-healthy"))
     assert response.json == {"cards": []}
     assert_valid_response(response.json)
 
@@ -210,9 +212,9 @@ def test_feedback_on_unknown_card_is_400_and_stores_nothing(
     assert app.extensions["cds_engine"].store.feedback_for(cards[0]["uuid"]) == []
 
 
-def test_feedback_bad_body_and_unknown_service(client: FlaskClient) -> None:
-    bad = client.post(FEEDBACK_URL, json={"feedback": [{"card": "x", "outcome": "ignored"}]})
+def test_feedback_bad_body_and_unknown_service(shared_client: FlaskClient) -> None:
+    bad = shared_client.post(FEEDBACK_URL, json={"feedback": [{"card": "x", "outcome": "ignored"}]})
     assert bad.status_code == 400
     assert bad.json["issue"][0]["expression"][0].startswith("feedback[0]")
-    missing = client.post("/cds-services/nope/feedback", json={"feedback": []})
+    missing = shared_client.post("/cds-services/nope/feedback", json={"feedback": []})
     assert missing.status_code == 404

@@ -97,11 +97,11 @@ def test_a_call_without_cards_logs_an_empty_list(
 
 
 def test_a_refused_call_logs_its_status_and_error_path_not_the_value(
-    client: FlaskClient, logs: pytest.LogCaptureFixture
+    shared_client: FlaskClient, logs: pytest.LogCaptureFixture
 ) -> None:
     body = copy.deepcopy(REQUEST)
     body["hook"] = "order-sign-leak-7731"
-    assert client.post(URL, json=body).status_code == 400
+    assert shared_client.post(URL, json=body).status_code == 400
     line = one_line(logs)
     assert line["level"] == "WARNING"
     assert (line["status"], line["error"], line["error_path"]) == (400, "invalid", "hook")
@@ -110,19 +110,21 @@ def test_a_refused_call_logs_its_status_and_error_path_not_the_value(
     assert "cards" not in line
 
 
-def test_a_412_names_the_prefetch_keys(client: FlaskClient, logs: pytest.LogCaptureFixture) -> None:
+def test_a_412_names_the_prefetch_keys(
+    shared_client: FlaskClient, logs: pytest.LogCaptureFixture
+) -> None:
     body = copy.deepcopy(REQUEST)
     del body["prefetch"]["observations"]
-    assert client.post(URL, json=body).status_code == 412
+    assert shared_client.post(URL, json=body).status_code == 412
     line = one_line(logs)
     assert (line["status"], line["error_path"]) == (412, "prefetch.observations")
     assert PATIENT_ID not in json.dumps(line)
 
 
 def test_an_unknown_service_is_logged_as_unknown(
-    client: FlaskClient, logs: pytest.LogCaptureFixture
+    shared_client: FlaskClient, logs: pytest.LogCaptureFixture
 ) -> None:
-    assert client.post(f"/cds-services/{PATIENT_ID}", json=REQUEST).status_code == 404
+    assert shared_client.post(f"/cds-services/{PATIENT_ID}", json=REQUEST).status_code == 404
     line = one_line(logs)
     assert (line["service"], line["hook"], line["status"]) == ("unknown", "unknown", 404)
     assert PATIENT_ID not in json.dumps(line)
