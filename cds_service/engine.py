@@ -1,6 +1,6 @@
 """The decision pipeline of one CDS Hooks call, independent of the web framework.
 
-request -> schema validation -> prefetch -> patient record -> rules -> cards -> issued-card log.
+request -> hook call (hooks/call.py) -> prefetch -> chart -> rules -> cards -> issued-card log.
 
 Knowledge (value sets, card content, service definitions, schemas) is loaded once when the
 engine is built; nothing per request depends on the size of the knowledge base.
@@ -22,9 +22,8 @@ from cds_service.fhir import prefetch
 from cds_service.fhir.client import FhirFetcher
 from cds_service.fhir.coerce import parse_datetime
 from cds_service.fhir.record import Located, warm_up
-from cds_service.hooks import ORDER_HOOKS
+from cds_service.hooks.call import parse_call, require
 from cds_service.hooks.services import ServiceDefinition, load_services
-from cds_service.hooks.validation import first_violation
 from cds_service.knowledge.chart import build_chart
 from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.safety import table_valuesets
@@ -123,14 +122,8 @@ class CdsEngine:
         `fhir_servers` are the FHIR servers this caller's data may be fetched from (the
         authenticated issuer's); by default, the configured ones."""
         service = self.service(service_id)
-        _check("request", body)
-        if body["hook"] != service.hook:
-            raise InputError(
-                f"service {service.id} answers the {service.hook!r} hook only",
-                path="hook",
-            )
-        _check(f"context-{service.hook}", body["context"], at="context")
-        patient_id: str = body["context"]["patientId"]
+        call = parse_call(body, service.id, service.hook)
+        patient_id = call.patient_id
 
         policy = prefetch.FetchPolicy(
             self.fetcher,
@@ -145,13 +138,15 @@ class CdsEngine:
                     self.metrics.fetched(key, exc.unsent, None)
             raise
         now = self.settings.now()
-        drafts = draft_orders(body["context"]) if service.hook in ORDER_HOOKS else None
+        drafts = (
+            [Located(d.path, d.resource) for d in call.drafts] if call.drafts is not None else None
+        )
         record = build_chart(
             found.resources, patient_id, self.terminology, now, drafts, found.notes
         )
         if record.patient.deceased:  # no advice about a deceased patient (issue 11)
             return Evaluation({"cards": []}, ())
-        encounter_id = str(body["context"].get("encounterId", ""))
+        encounter_id = call.encounter_id
         composed = info_card.compose(service.hook, rules.run(service.rules, record))
         fired = data_notes.attach(composed, record)
         # One safety card per order; standing interactions quiet at patient-view (issue 12).
@@ -182,7 +177,7 @@ class CdsEngine:
                 variant=findings[i].variant,
                 indicator=cards[i]["indicator"],
                 knowledge_version=self.knowledge_version,
-                hook_instance=body["hookInstance"],
+                hook_instance=call.hook_instance,
                 issued_at=now,
                 subject_key=self.suppression.subject_key(patient_id, findings[i]),
                 evidence_hash=evidence_fingerprint(findings[i]),
@@ -263,7 +258,7 @@ class CdsEngine:
         Every entry must name a card this service issued; nothing is stored unless all are valid.
         """
         service = self.service(service_id)
-        _check("feedback", body)
+        require("feedback", body)
         received = self.settings.now()
         entries = []
         for i, item in enumerate(body["feedback"]):
@@ -309,34 +304,9 @@ class CdsEngine:
             log.error("could not record %d issued card(s): %s", len(issued), type(exc).__name__)
 
 
-def draft_orders(context: Mapping[str, Any]) -> list[Located]:
-    """The draft orders under review: at order-select only those named in `selections`."""
-    bundle = context["draftOrders"]
-    selected = context.get("selections")
-    drafts = []
-    entries = bundle.get("entry")
-    for i, entry in enumerate(entries if isinstance(entries, list) else ()):
-        resource = entry.get("resource") if isinstance(entry, Mapping) else None
-        if not isinstance(resource, Mapping) or not isinstance(resource.get("resourceType"), str):
-            raise InputError(
-                "draftOrders entry must hold a FHIR resource",
-                path=f"context.draftOrders.entry[{i}].resource",
-            )
-        reference = f"{resource['resourceType']}/{resource.get('id')}"
-        if selected is None or reference in selected:
-            drafts.append(Located(f"context.draftOrders.entry[{i}].resource", resource))
-    return drafts
-
-
 def _timestamp(value: str, at: str) -> datetime:
     """An RFC 3339 date-time, in UTC (the schema checked its shape, not that the day exists)."""
     parsed = parse_datetime(value.upper())  # RFC 3339 allows a lower-case "t" and "z"
     if parsed is None:
         raise InputError("outcomeTimestamp is not a date-time", path=f"{at}.outcomeTimestamp")
     return parsed
-
-
-def _check(schema: str, instance: Any, at: str = "") -> None:
-    violation = first_violation(schema, instance, at=at)
-    if violation is not None:
-        raise InputError(violation.message, path=violation.path)

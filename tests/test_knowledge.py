@@ -11,8 +11,8 @@ import yaml
 
 from cds_service.cards import SUMMARY_MAX, CardContentError, CardLibrary, Renderer, md_escape
 from cds_service.devtools.hookrequest import resources_of
-from cds_service.engine import draft_orders
 from cds_service.fhir.record import DataNote, Located
+from cds_service.hooks.call import draft_orders
 from cds_service.knowledge.chart import Chart, build_chart
 from cds_service.knowledge.safety import load_table, table_valuesets
 from cds_service.rules import CHECK_FAILED, RULES, SERVICE_CARDS, Finding
@@ -197,7 +197,9 @@ def fixture_chart(hook: str, name: str) -> Chart:
     request = load_request(name, hook)
     resources = [r for value in request["prefetch"].values() if value for r in resources_of(value)]
     located = [Located(f"prefetch.entry[{i}]", r) for i, r in enumerate(resources)]
-    drafts = draft_orders(request["context"]) if "draftOrders" in request["context"] else None
+    drafts = None
+    if "draftOrders" in request["context"]:
+        drafts = [Located(d.path, d.resource) for d in draft_orders(request["context"])]
     return build_chart(located, request["context"]["patientId"], TERMINOLOGY, NOW, drafts)
 
 

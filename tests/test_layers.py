@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     P + "urls": set(),
     P + "trust": {P + "urls"},
     P + "terminology": set(),
-    P + "hooks": {P + "terminology"},
+    P + "hooks": {P + "errors", P + "terminology"},
     P + "fhir": {P + "errors", P + "terminology", P + "urls"},
     P + "knowledge": {P + "fhir", P + "terminology"},
     P + "rules": {P + "fhir", P + "knowledge", P + "terminology"},
