@@ -61,7 +61,8 @@ test: lint
 # the @reproduce_failure line that replays it). About two minutes.
 .PHONY: fuzz
 fuzz: $(VENV)/.installed-test
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py tests/test_json_nesting_depth.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/test_fuzz.py \
+		tests/hooks/test_json_nesting_depth.py
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .
@@ -76,7 +77,7 @@ golden: $(VENV)/.installed-test
 	CDS_UPDATE_GOLDEN=1 $(BIN)/python -m pytest tests/test_golden_cards.py -q
 
 # docs/codes.md: its tables of codes and products, from the value sets and the product lexicon
-# (the text around them is kept). tests/test_provenance.py fails when it is out of date.
+# (the text around them is kept). tests/devtools/test_provenance.py fails when it is out of date.
 provenance: $(VENV)/.installed-run
 	$(BIN)/python -m cds_service.devtools.provenance
 

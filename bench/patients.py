@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from fixtures.generator import (
+from fixtures.codes import (
     ALENDRONATE,
     ANTI_CENTROMERE,
     CALCIUM,
@@ -52,12 +52,15 @@ from fixtures.generator import (
     SKIN_ULCER_SNOMED,
     SYSTOLIC_BP,
     VITAMIN_D3,
+)
+from fixtures.generator import build_request
+from fixtures.resources import stable_rng
+from fixtures.spec import (
     ConditionSpec,
     ObservationSpec,
     PatientSpec,
     aluminium,
     antibody,
-    build_request,
     calcinosis,
     ckd_epi_2021,
     lesion_size,
@@ -65,7 +68,6 @@ from fixtures.generator import (
     ranged,
     smoking_status,
     ssc,
-    stable_rng,
 )
 
 AGE = 64

@@ -554,7 +554,7 @@ def report(
         ),
         "",
         "Nothing per request depends on the knowledge base: no knowledge file is read after "
-        "start-up (tests/test_knowledge_loaded_once.py).",
+        "start-up (tests/knowledge/test_knowledge_loaded_once.py).",
         "",
         f"Slow FHIR server (answers after {SLOW_FHIR_DELAY_S:g} s; request timeout "
         f"{slow.timeout_ms} ms, deadline {slow.deadline_ms} ms): "

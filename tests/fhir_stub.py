@@ -1,6 +1,6 @@
 """A programmable FHIR endpoint on loopback, for the failure modes a real server rarely shows on
 demand (slow answers, 5xx, non-FHIR bodies, next links to another host). The integration tests
-against a real FHIR server use sekmet-fhir (tests/test_fhir_fetch.py)."""
+against a real FHIR server use sekmet-fhir (tests/fhir/test_fhir_fetch.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The field fixtures (fixtures/field/, README there) and the loopback FHIR server that plays
 each patient's EHR: shared by tests/test_field_fixtures.py (their expected outcomes),
-tests/test_golden_cards.py (their rendered cards) and tests/test_card_text.py (their wording)."""
+tests/test_golden_cards.py (their rendered cards) and tests/cards/test_card_text.py (their
+wording)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from tests.fhir_stub import StubFhirServer, fhir
 
 FIELD = ROOT / "fixtures" / "field"
 # Settings under which a card repeated on the same store still shows: the risk-screening card's
-# once-a-year interval (tests/test_info_card.py) and the quiet standing interaction
-# (tests/test_card_set.py) would otherwise hide a card the second time a patient is run.
+# once-a-year interval (tests/rules/test_info_card.py) and the quiet standing interaction
+# (tests/rules/test_card_set.py) would otherwise hide a card the second time a patient is run.
 REPEATS_SHOWN: dict[str, Any] = {
     "risk_screening_interval_days": 0,
     "quiet_standing_interactions": False,

@@ -12,7 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from bench import patients
-from fixtures.generator import validate_request
+from fixtures.validation import validate_request
 from tests.conftest import NOW, SERVICE_URL, assert_valid_response
 
 EXPECTED_CARDS = [

@@ -33,7 +33,7 @@ class Reads:
     """What a rule reads from the chart, by FHIR resource type: the value sets of the
     Observations (laboratory results, vital signs, coded results), Conditions,
     MedicationRequests and Procedures, and whether it reads the Patient (sex, birth date).
-    Each service must prefetch what its rules read (tests/test_prefetch_coverage.py)."""
+    Each service must prefetch what its rules read (tests/hooks/test_prefetch_coverage.py)."""
 
     observations: tuple[str, ...] = ()
     conditions: tuple[str, ...] = ()

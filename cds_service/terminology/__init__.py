@@ -32,7 +32,6 @@ VALUESET_DIR = Path(__file__).resolve().parent / "valuesets"
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 UCUM = "http://unitsofmeasure.org"
-V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
 ICD_SYSTEMS = frozenset({ICD10CM, ICD10})
 SYSTEM_LABELS = {

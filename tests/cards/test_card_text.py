@@ -36,7 +36,7 @@ from tests.helpers import (
     patient,
     record,
 )
-from tests.test_knowledge import VARIANT_RECORDS
+from tests.knowledge.test_knowledge import VARIANT_RECORDS
 
 LIBRARY = CardLibrary(DEFAULT_CARDS_DIR, Terminology.load())
 RENDERER = Renderer(LIBRARY)

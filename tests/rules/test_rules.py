@@ -16,7 +16,7 @@ from cds_service.knowledge.safety import load_table
 from cds_service.rules import MODULES, RULES, calcinosis_synthesis
 from cds_service.settings import DEFAULT_CARDS_DIR
 from cds_service.terminology import Terminology
-from tests.conftest import NOW, SERVICE_URL, load_request
+from tests.conftest import NOW, ROOT, SERVICE_URL, load_request
 from tests.helpers import (
     ATC,
     ICD10CM,
@@ -301,7 +301,7 @@ def _critical_rows() -> list[tuple[str, str, str | None]]:
 def test_every_critical_row_names_its_label_contraindication_and_is_listed() -> None:
     rows = _critical_rows()
     assert rows, "the table has critical rows"
-    section = (Path(__file__).parents[1] / "docs" / "knowledge.md").read_text(encoding="utf-8")
+    section = (ROOT / "docs" / "knowledge.md").read_text(encoding="utf-8")
     listed = set(re.findall(r"^\| `([a-z-]+)` \| `([a-z-]+)` \|", section, re.MULTILINE))
     for rule, variant, label in rows:
         assert label, (rule, variant)
@@ -315,7 +315,7 @@ def test_every_critical_row_names_its_label_contraindication_and_is_listed() -> 
 
 def test_safety_rules_stay_blind_to_each_other() -> None:
     """Each rule gives its own finding about the order; merging them into one card is the card
-    set's (rules/card_set.py, tests/test_card_set.py), never a rule's."""
+    set's (rules/card_set.py, tests/rules/test_card_set.py), never a rule's."""
     patient_record = record(
         patient(),
         egfr(20),

@@ -106,7 +106,7 @@ def test_the_command_regenerates_the_tables_and_keeps_the_prose(
         "id: zz-test-drug\ntitle: {en: test drug, fr: médicament test}\n"
         "applies_to: MedicationRequest\ndescription: a test.\ncodes:\n"
         '  - {system: "http://www.whocc.no/atc", code: "Z99ZZ99", display: "test | drug",\n'
-        '     source: "seen in a test, tests/test_provenance.py"}\n',
+        '     source: "seen in a test, tests/devtools/test_provenance.py"}\n',
         encoding="utf-8",
     )
     (valuesets / "raynaud.yaml").unlink()
@@ -125,7 +125,7 @@ def test_the_command_regenerates_the_tables_and_keeps_the_prose(
     text = codes_md.read_text(encoding="utf-8")
     assert (
         "| `zz-test-drug` | ATC | Z99ZZ99 | test \\| drug "
-        "| seen in a test, tests/test_provenance.py |" in text
+        "| seen in a test, tests/devtools/test_provenance.py |" in text
     )
     assert ("raynaud", "266261006") not in table_codes(text)
     assert "A line written by hand." in text

@@ -16,7 +16,7 @@ from cds_service.settings import DEFAULT_CARDS_DIR
 from cds_service.terminology import ATC, RXNORM, SNOMED, Terminology, TerminologyError
 from cds_service.terminology.medicines import HOWS, expand, ingredients_in
 from cds_service.terminology.products import PRODUCT_DIR, load_lexicon
-from tests.conftest import SERVICES, assert_valid_response, load_request
+from tests.conftest import ROOT, SERVICES, assert_valid_response, load_request
 
 TERMINOLOGY = Terminology.load()
 LEXICON = load_lexicon()
@@ -574,7 +574,7 @@ def test_the_forms_data_loads_with_its_sources() -> None:
             assert entry["source"]
 
 
-FIELD_ORDER_SELECT = Path(__file__).resolve().parents[1] / "fixtures/field/order-select"
+FIELD_ORDER_SELECT = ROOT / "fixtures/field/order-select"
 
 
 @pytest.mark.parametrize(

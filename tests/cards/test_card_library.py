@@ -17,7 +17,7 @@ from cds_service.cards.text import Formatter
 from cds_service.rules import RULES, Finding
 from cds_service.settings import DEFAULT_CARDS_DIR
 from tests.helpers import TERMINOLOGY, drug, egfr, patient, record
-from tests.test_knowledge import VARIANT_RECORDS
+from tests.knowledge.test_knowledge import VARIANT_RECORDS
 
 
 def cards_copy(tmp_path: Path, rule: str, edit: Callable[[dict[str, Any]], None]) -> Path:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 
 from cds_service.trust import load_issuers
-from tests.conftest import NOW, SERVICE_URL, app_with, load_request
+from tests.conftest import NOW, ROOT, SERVICE_URL, app_with, load_request
 from tests.fhir_stub import StubFhirServer, fhir
 
 BASE = "https://cds.example.org"
@@ -149,9 +149,7 @@ def test_authentication_off_is_announced(tmp_path: Path, caplog: pytest.LogCaptu
 
 def test_the_sandbox_example_file_loads() -> None:
 
-    issuers = load_issuers(
-        Path(__file__).resolve().parents[1] / "docs" / "trusted-issuers.sandbox.json"
-    )
+    issuers = load_issuers(ROOT / "docs" / "trusted-issuers.sandbox.json")
     sandbox = issuers["https://sandbox.cds-hooks.org"]
     assert sandbox.allowed_jku == ("https://sandbox.cds-hooks.org/.well-known/jwks.json",)
 

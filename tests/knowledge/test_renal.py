@@ -7,7 +7,7 @@ import math
 import pytest
 
 from cds_service.knowledge.renal import ckd_epi_2021, gfr_category
-from fixtures.generator import ckd_epi_2021 as independent_ckd_epi
+from fixtures.spec import ckd_epi_2021 as independent_ckd_epi
 from tests.helpers import ICD10CM, SNOMED, condition, creatinine, egfr, patient, record
 
 

@@ -21,8 +21,9 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from cds_service.hooks.validation import Violation, first_violation, schema_names, violations
+from tests.conftest import ROOT
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "cds_service" / "hooks" / "schemas"
+SCHEMA_DIR = ROOT / "cds_service" / "hooks" / "schemas"
 BASE_URI = "https://calcinosis-cds.invalid/schemas/"
 SCHEMA_FILES = sorted(SCHEMA_DIR.glob("*.json"))
 EXPECTED_SCHEMAS = {

@@ -1,0 +1,1 @@
+"""Tests of cds_service/fhir/ (tests/README.md)."""

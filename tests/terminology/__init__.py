@@ -1,0 +1,1 @@
+"""Tests of cds_service/terminology/ (tests/README.md)."""
