@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 PORT   ?= 8080
 HOST   ?= 127.0.0.1
 WORKERS ?= 2
+# Processes make test runs the suite in (pytest-xdist); 0 runs it in this one process.
+TEST_WORKERS ?= 2
 # Embedded default store: an SQLite file under the project.
 DATABASE_URL ?= sqlite:///$(CURDIR)/var/calcinosis-cds.sqlite3
 
@@ -54,7 +56,7 @@ test: lint
 		echo "PostgreSQL for the store tests: $${TEST_POSTGRES_URL:-none (skipped)}"; \
 		CDS_TEST_CHROMIUM="$$(scripts/ensure-browser)"; export CDS_TEST_CHROMIUM; \
 		echo "Chromium for the browser tests: $${CDS_TEST_CHROMIUM:-none (skipped)}"; \
-		$(BIN)/python -m pytest
+		$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 # Property-based fuzzing, longer than in `make test`: the Hypothesis profile `fuzz` of
 # tests/conftest.py (ten times the examples of `ci`, a new random seed each run; a failure prints
