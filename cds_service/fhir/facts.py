@@ -67,6 +67,11 @@ class ConditionFact:
     # The latest of onset and recordedDate: when the condition was last asserted (a coded CKD
     # stage is weighed against a laboratory result by this date).
     asserted: date | None = None
+    # Condition.bodySite: the body-site value sets its codes belong to (BODY_SITE_VALUESETS in
+    # fhir/record.py) and its normalised text and code displays (issue 14: a digital ulcer is
+    # a skin ulcer of a finger).
+    body_sites: frozenset[str] = frozenset()
+    body_site_text: str = ""
 
 
 @dataclass(frozen=True)

@@ -276,6 +276,7 @@ def _condition(
 ) -> ConditionFact | None:
     res = item.resource
     matches = terminology.match(res.get("code"), "Condition") or _whole_text_match(res.get("code"))
+    matches = [m for m in matches if m.valueset not in BODY_SITE_VALUESETS]
     if not matches:
         return None
     clinical = _status_code(res.get("clinicalStatus")) or ("inactive" if _abated(res) else "active")
@@ -306,7 +307,30 @@ def _condition(
         since=since.date() if since else None,
         text=normalise_text(" ".join(t for t in written if isinstance(t, str))),
         asserted=max(dates) if dates else None,
+        **_body_site(res.get("bodySite"), terminology),
     )
+
+
+# Value sets of body structures: read in Condition.bodySite only, never as a Condition.code.
+BODY_SITE_VALUESETS = frozenset({"finger-structure"})
+
+
+def _body_site(sites: Any, terminology: Terminology) -> dict[str, Any]:
+    """The body-site value sets of Condition.bodySite and its normalised text and displays."""
+    found: set[str] = set()
+    texts: list[str] = []
+    for site in items(sites):
+        if not isinstance(site, Mapping):
+            continue
+        found.update(
+            m.valueset
+            for m in terminology.match(site, "Condition")
+            if m.by == "code" and m.valueset in BODY_SITE_VALUESETS
+        )
+        texts.append(site.get("text"))
+        texts += [c.get("display") for c in items(site.get("coding")) if isinstance(c, Mapping)]
+    text = normalise_text(" ".join(t for t in texts if isinstance(t, str)))
+    return {"body_sites": frozenset(found), "body_site_text": text}
 
 
 # Words that name a condition only when they are the whole text of the concept: "CREST" alone

@@ -83,6 +83,8 @@ CANONICAL: dict[str, CanonicalUnit] = {
     ),
     "systolic-bp": CanonicalUnit("mm Hg", {"mm[hg]": 1.0, "mmhg": 1.0}, decimals=0),
     "lesion-size": CanonicalUnit("mm", {"mm": 1.0, "cm": 10.0}),
+    # Albumin in g/L (1 g/dL = 10 g/L), read to correct a total calcium (calcinosis_type.py).
+    "albumin": CanonicalUnit("g/L", {"g/l": 1.0, "g/dl": 10.0}, decimals=0),
 }
 
 

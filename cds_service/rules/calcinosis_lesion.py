@@ -15,7 +15,10 @@ What is read (docs/knowledge.md, "Lesions"):
 - size: the latest Observation coded LOINC 39126-8 (length) or 39125-0 (width) of a wound, in
   mm or cm, whose `focus` references the calcinosis Condition;
 - tumoral, inflammatory, infected, ulcerated, disabling: words in the calcinosis Condition's
-  code.text or notes (French or English), or an active skin infection / skin ulcer condition;
+  code.text or notes (French or English), or an active skin infection condition; for
+  "ulcerated", an active digital ulcer (a skin ulcer of a finger: predicates.is_digital) or a
+  skin ulcer whose text names the calcinosis (the lesion itself) - any other skin ulcer is not
+  read (issue 14);
 - smoking: a current-smoker status (LOINC 72166-2) within 12 months, or tobacco use coded;
 - Raynaud phenomenon on the problem list.
 
@@ -31,7 +34,7 @@ from typing import Any
 from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.loader import thresholds
 from cds_service.rules.base import Reads
-from cds_service.rules.predicates import is_recent, says
+from cds_service.rules.predicates import is_digital, is_recent, says
 
 ORDER = ("small", "large", "tumoral", "inflammatory", "infected", "ulcerated", "disabling")
 # Thresholds and words: knowledge/thresholds.yaml, `calcinosis_lesion`.
@@ -58,11 +61,20 @@ def lesion_features(record: Chart) -> tuple[list[str], list[Any]]:
     for feature, words in limits["words"].items():
         if any(says(c.text, words) for c in calcinosis):
             features.append(feature)
-    for feature, valueset in (("infected", "skin-infection"), ("ulcerated", "digital-ulcer")):
-        found = record.conditions_in(valueset)
-        if found:
-            features.append(feature)
-            evidence += found
+    infections = record.conditions_in("skin-infection")
+    if infections:
+        features.append("infected")
+        evidence += infections
+    # A digital ulcer (a skin ulcer of a finger), or a skin ulcer recorded as the calcinosis
+    # lesion itself (its text names the calcinosis); any other skin ulcer is not read (issue 14).
+    ulcers = [
+        u
+        for u in record.conditions_in("digital-ulcer")
+        if is_digital(u) or says(u.text, limits["calcinosis_words"])
+    ]
+    if ulcers:
+        features.append("ulcerated")
+        evidence += ulcers
     smoking = record.results.get("smoking-status")
     if (
         smoking is not None

@@ -1,7 +1,8 @@
 """Calcinosis risk screening in systemic sclerosis.
 
 Sources: seed 001 (Scleroderma Manitoba, 2024): calcinosis affects 20-40 % of SSc; risk factors
-are male sex, digital ulcers, osteoporosis, internal-organ involvement (especially pulmonary
+are male sex, digital ulcers (of the fingers: a skin ulcer elsewhere or without a site does not
+count, predicates.is_digital), osteoporosis, internal-organ involvement (especially pulmonary
 fibrosis), anti-centromere, anti-PM-Scl and anti-RNA-polymerase-III antibodies and long disease
 duration; diagnosis by examination and plain radiographs. Seed 003: 25-40 % of limited
 cutaneous SSc develop calcinosis after 10 years. Evidence level: observational cohorts
@@ -18,7 +19,7 @@ from datetime import timedelta
 from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.loader import thresholds
 from cds_service.rules.base import Finding, Reads
-from cds_service.rules.predicates import is_positive
+from cds_service.rules.predicates import digital_ulcers, is_positive
 
 RULE_ID = "calcinosis-risk-screening"
 RISK_CONDITIONS = ("digital-ulcer", "osteoporosis", "interstitial-lung-disease")
@@ -39,7 +40,12 @@ def evaluate(record: Chart) -> list[Finding]:
     if record.patient.sex == "male":
         factors.append(("male-sex", {}))
     for valueset in RISK_CONDITIONS:
-        found = record.conditions_in(valueset)
+        # Digital ulcers are ulcers of the fingers (issue 14), not any skin ulcer.
+        found = (
+            digital_ulcers(record)
+            if valueset == "digital-ulcer"
+            else record.conditions_in(valueset)
+        )
         if found:
             factors.append((valueset, {}))
             evidence += found

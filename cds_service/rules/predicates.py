@@ -12,8 +12,10 @@ from datetime import datetime
 
 from cds_service.fhir.record import CodedResult, ConditionFact, LabResult, MedicationFact
 from cds_service.knowledge.chart import Chart
+from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.safety import RENAL_CONDITIONS, RENAL_LABS, RENAL_PROCEDURES
 from cds_service.rules.base import Reads
+from cds_service.terminology import normalise_text
 
 # Words of a qualitative result, French (without accents) and English.
 POSITIVE_WORDS = ("positive", "positif", "detected", "detecte", "present")
@@ -45,6 +47,22 @@ def says(text: str, words: Iterable[str]) -> bool:
     """The text contains one of the words (or phrases) as whole words."""
     padded = f" {text} "
     return any(f" {word} " in padded for word in words)
+
+
+def is_digital(ulcer: ConditionFact) -> bool:
+    """A skin ulcer of a finger (issue 14): its bodySite is coded as a finger structure, or its
+    bodySite, code display, code.text or notes name a finger (knowledge/thresholds.yaml,
+    `digital_ulcer`). A skin ulcer recorded elsewhere, or with no site, is not a digital ulcer."""
+    if "finger-structure" in ulcer.body_sites:
+        return True
+    words = thresholds()["digital_ulcer"]["finger_words"]
+    texts = (ulcer.body_site_text, normalise_text(ulcer.display), ulcer.text)
+    return any(says(text, words) for text in texts if text)
+
+
+def digital_ulcers(record: Chart) -> list[ConditionFact]:
+    """The active conditions of the digital-ulcer value set that are ulcers of a finger."""
+    return [c for c in record.conditions_in("digital-ulcer") if is_digital(c)]
 
 
 def is_positive(result: CodedResult) -> bool:
