@@ -17,10 +17,10 @@ from tests.conftest import NOW, SERVICE_URL, assert_valid_response
 
 EXPECTED_CARDS = [
     ("aluminium-hydroxide-renal", "critical"),
+    # One card per order (rules/card_set.py): the colchicine renal contraindication (French
+    # RCP, issue 14) leads, the colchicine interaction is its "Also" line.
+    ("colchicine-renal", "critical"),
     ("calcinosis-type", "warning"),
-    # One card per order (rules/card_set.py): the colchicine renal warning leads, the
-    # colchicine interaction is its "Also" line.
-    ("colchicine-renal", "warning"),
     # One calcinosis info card, the supplement folded in as a step (rules/info_card.py).
     ("calcinosis-synthesis", "info"),
 ]

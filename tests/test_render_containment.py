@@ -54,10 +54,10 @@ def test_a_card_that_cannot_be_rendered_becomes_a_check_failed_card(
 def test_a_merged_card_that_cannot_be_rendered_reports_each_of_its_rules(
     client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One card for colchicine-interaction, also carrying colchicine-renal: both are reported."""
+    """One card for colchicine-renal, also carrying colchicine-interaction: both are reported."""
     hook = "order-select"
     request = load_request("26-select-colchicine-egfr-24-clarithromycin", hook)
-    break_rendering(monkeypatch, "colchicine-interaction")
+    break_rendering(monkeypatch, "colchicine-renal")
     response = client.post(f"/cds-services/{SERVICES[hook]}", json=request)
     assert response.status_code == 200
     assert_valid_response(response.json)

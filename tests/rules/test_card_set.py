@@ -75,14 +75,16 @@ def test_colchicine_renal_and_interaction_make_one_critical_card() -> None:
     fired = rules.run(SAFETY, record)
     assert sorted(f.rule for f in fired) == ["colchicine-interaction", "colchicine-renal"]
     (card,) = composed(record)
-    assert summary(card) == [("colchicine-interaction", "contraindicated", ("colchicine-renal",))]
+    # Both critical (issue 14: the French RCP contraindicates colchicine below CrCl 30): the
+    # finding about the drug itself leads the interaction.
+    assert summary(card) == [("colchicine-renal", "severe-renal", ("colchicine-interaction",))]
     assert RENDERER.indicator(card) == "critical"
     assert card.facts["drug"].ref == "MedicationRequest/c"  # the lead's facts
-    # The evidence of both, each item once: the colchicine, the clarithromycin, the eGFR.
+    # The evidence of both, each item once: the colchicine, the eGFR, the clarithromycin.
     assert [getattr(e, "ref", None) for e in card.evidence] == [
         "MedicationRequest/c",
-        "MedicationRequest/k",
         "Observation/egfr",
+        "MedicationRequest/k",
     ]
 
 
@@ -279,22 +281,28 @@ def test_on_the_fixtures_a_second_chart_opening_drops_only_standing_interactions
 @pytest.mark.parametrize(
     ("lang", "also", "footer"),
     [
-        ("en", "**Also:** Colchicine with eGFR 24 (G4)", "Rule `colchicine-interaction`, also"),
-        ("fr", "**Également :** Colchicine et DFGe 24 (G4)", "Règle `colchicine-interaction`,"),
+        (
+            "en",
+            "**Also:** Do not combine colchicine and clarithromycin",
+            "Rule `colchicine-renal`, also",
+        ),
+        (
+            "fr",
+            "**Également :** Ne pas associer colchicine et clarithromycine",
+            "Règle `colchicine-renal`,",
+        ),
     ],
 )
 def test_the_merged_card_reads_as_one(app: Flask, lang: str, also: str, footer: str) -> None:
     name = "26-select-colchicine-egfr-24-clarithromycin"
     cards = post(app, "calcinosis-order-select", load_request(name, "order-select"), lang)
-    assert [c["rule"] for c in load_expected(name, "order-select")["cards"]] == [
-        "colchicine-interaction"
-    ]
+    assert [c["rule"] for c in load_expected(name, "order-select")["cards"]] == ["colchicine-renal"]
     (card,) = cards
     assert card["indicator"] == "critical"
     detail = card["detail"]
     assert also in detail
     assert footer in detail
-    assert "`colchicine-renal`" in detail
+    assert "`colchicine-interaction`" in detail
     assert detail.index(also) < detail.index("`MedicationRequest/fix-26-draft-1`")  # evidence
     actions = [(a["type"], a.get("resourceId")) for s in card["suggestions"] for a in s["actions"]]
     # One removal of the draft (both findings offer it), and the renal card's creatinine order.
@@ -309,9 +317,9 @@ def test_the_merged_card_reads_as_one(app: Flask, lang: str, also: str, footer: 
     assert len(urls) == len(set(urls))
     issued = app.extensions["cds_engine"].store.issued(card["uuid"])
     assert (issued.rule_id, issued.variant, issued.also_rules) == (
-        "colchicine-interaction",
-        "contraindicated",
         "colchicine-renal",
+        "severe-renal",
+        "colchicine-interaction",
     )
 
 

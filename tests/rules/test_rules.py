@@ -202,8 +202,10 @@ def test_every_renal_row_handles_stale_and_unknown_renal_status(
 
 
 def test_colchicine_with_a_strong_inhibitor_is_critical_on_current_renal_data_only() -> None:
+    # Ketoconazole (RxNorm 6135): a macrolide would be critical whatever the renal function
+    # (French RCP, issue 14; tests/rules/test_colchicine_french_label.py).
     def variants(*resources: dict[str, Any]) -> list[str]:
-        rec = record(patient(), drug(COLCHICINE, "c"), drug("21212", "k"), *resources)
+        rec = record(patient(), drug(COLCHICINE, "c"), drug("6135", "k"), *resources)
         return [f.variant for f in RULES["colchicine-interaction"](rec)]
 
     assert variants(egfr(45)) == ["contraindicated"]
