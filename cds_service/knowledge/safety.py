@@ -42,6 +42,8 @@ RENAL_CONDITIONS = (
 RENAL_PROCEDURES = ("dialysis-procedure", "kidney-transplant-procedure")
 # Upper bound of the eGFR (mL/min/1.73 m2) that a coded stage implies.
 CODED_STAGE_BOUND: Mapping[str | None, float] = {"G5D": 0, "G5": 14, "G4": 29, "G3": 59, None: 59}
+# The routes a row may be limited to (`route`).
+ROUTES = ("oral",)
 
 
 # --------------------------------------------------------------------------- grammar
@@ -127,6 +129,15 @@ CRITERIA: Mapping[str, Criterion] = {
     "lab_below": Criterion(
         "{concept, value, max_age_days}", _LAB, labs=lambda value: (value["concept"],)
     ),
+    # Issue 14 (calcium and vitamin D in calcinosis): the latest calcium above the laboratory's
+    # range, a total calcium corrected for a same-day albumin (rules/predicates.py
+    # `high_calcium`). No criterion reads the calcium x phosphate product: KDIGO 2017 3.1.5
+    # judges calcium and phosphate individually (calcinosis-type shows the product as context).
+    "calcium_above_range": Criterion(
+        "{max_age_days}",
+        _fields({"max_age_days": _number}),
+        labs=lambda value: ("calcium", "calcium-ionised", "albumin"),
+    ),
     "partner": Criterion("true", _true),
     "any": Criterion("[criteria]", lambda value: None, nested=True),
     "all": Criterion("[criteria]", lambda value: None, nested=True),
@@ -173,6 +184,9 @@ class Row:
     partners: tuple[str, ...] = ()  # interaction rows: only with these partners
     # A critical row names the label contraindication it applies (docs/knowledge.md lists them).
     label: str | None = None
+    # "oral": only an order that is not for a parenteral form (ibandronate is both a tablet and
+    # an injection; rules/predicates.py is_parenteral).
+    route: str | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +256,8 @@ def load_table(path: Path = TABLE_FILE) -> dict[str, SafetyRule]:
             _check_criterion(where, when)
             if row.get("drug") and row["drug"] not in drugs:
                 raise ValueError(f"safety.yaml {rule_id}.rows[{i}]: drug not in the rule's drugs")
+            if row.get("route") not in (None, *ROUTES):
+                raise ValueError(f"safety.yaml {rule_id}.rows[{i}]: route is one of {ROUTES}")
             row_partners = tuple(row.get("partners", ()))
             if set(row_partners) - set(spec.get("partners", ())):
                 raise ValueError(f"safety.yaml {rule_id}.rows[{i}]: partners not in the rule's")
@@ -253,6 +269,7 @@ def load_table(path: Path = TABLE_FILE) -> dict[str, SafetyRule]:
                     resolve(where, row.get("params")),
                     row_partners,
                     row.get("label"),
+                    row.get("route"),
                 )
             )
         if not spec.get("sources"):

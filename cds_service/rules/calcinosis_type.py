@@ -24,7 +24,6 @@ is no PTH result within `pth_recent_days` (issue 14).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from cds_service.fhir.record import LabResult
@@ -32,7 +31,13 @@ from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.renal import RenalStatus
 from cds_service.rules.base import Finding, Reads
-from cds_service.rules.predicates import RENAL_READS, recent_lab
+from cds_service.rules.predicates import (
+    CORRECTED_CALCIUM_LOINC,
+    RENAL_READS,
+    corrected_calcium,
+    recent_lab,
+    same_day,
+)
 
 RULE_ID = "calcinosis-type"
 ADVANCED_CKD = frozenset({"G4", "G5", "G5D"})
@@ -43,34 +48,6 @@ READS = (
     )
     | RENAL_READS
 )
-
-
-# The laboratory's own albumin-corrected total calcium (calcium value set).
-CORRECTED_CALCIUM_LOINC = "29265-6"
-
-
-def same_day(a: LabResult, b: LabResult) -> bool:
-    return a.when.date() == b.when.date()
-
-
-def corrected_calcium(calcium: LabResult, albumin: LabResult | None) -> LabResult | None:
-    """The total calcium corrected for an albumin of the same day (Payne 1973), as a calcium
-    result of that value; None when the laboratory already corrected it, or there is no such
-    albumin. Its reference range and flags are the measured calcium's: a corrected calcium is
-    read against the total calcium range (calcium value set)."""
-    if calcium.code == CORRECTED_CALCIUM_LOINC or albumin is None:
-        return None
-    if calcium.high is None or calcium.comparator is not None:
-        return None  # without the laboratory's range the lab's own flag stays the judge
-    if not same_day(calcium, albumin) or albumin.comparator is not None:
-        return None
-    limits = thresholds()["calcinosis_type"]
-    albumin_g_dl = albumin.value / 10  # canonical g/L
-    value = calcium.value + limits["albumin_slope_mg_dl_per_g_dl"] * (
-        limits["albumin_reference_g_dl"] - albumin_g_dl
-    )
-    # The laboratory's H flag was about the measured value: only the range judges the new one.
-    return replace(calcium, value=value, flags=calcium.flags - {"H", "HH", "HU"})
 
 
 def abnormalities(record: Chart) -> tuple[list[tuple[str, Any]], bool]:

@@ -5,10 +5,10 @@ text), runs on a response's findings before the per-order composition of the saf
 (rules/card_set.py):
 
 - at most one info card about calcinosis: the `calcinosis-synthesis` finding. A calcium or
-  vitamin D supplement flagged in calcinosis (`calcium-vitamin-d-calcinosis`, an info row of the
-  treatment-safety table) becomes one step of that card (feature `supplement`, the order in its
-  evidence and facts) instead of a second info card; without a synthesis card it stays a card of
-  its own;
+  vitamin D supplement flagged in calcinosis (`calcium-vitamin-d-calcinosis`, its info row
+  `review` of the treatment-safety table; its warning rows stay cards of their own) becomes
+  one step of that card (feature `supplement`, the order in its evidence and facts) instead of
+  a second info card; without a synthesis card it stays a card of its own;
 - the risk-screening card (`calcinosis-risk-screening`, SSc without calcinosis) is never shown
   beside the synthesis card (the rules already exclude each other; this keeps it so).
 
@@ -28,6 +28,15 @@ SYNTHESIS = calcinosis_synthesis.RULE_ID
 RISK_SCREENING = calcinosis_risk_screening.RULE_ID
 # Info findings that become a step of the synthesis card: rule id -> feature (card step).
 FOLDED = {"calcium-vitamin-d-calcinosis": "supplement"}
+# Only these variants of a folded rule are info (issue 14: the hypercalcaemia, calcium x
+# phosphate and calciphylaxis variants of calcium-vitamin-d-calcinosis are warnings, cards of
+# their own).
+FOLDED_VARIANTS = {"calcium-vitamin-d-calcinosis": frozenset({"review"})}
+
+
+def folds(finding: Finding) -> bool:
+    """The finding becomes a step of the synthesis card."""
+    return finding.rule in FOLDED and finding.variant in FOLDED_VARIANTS[finding.rule]
 
 
 def compose(hook: str, findings: list[Finding]) -> list[Finding]:
@@ -37,13 +46,13 @@ def compose(hook: str, findings: list[Finding]) -> list[Finding]:
     synthesis = next((f for f in findings if f.rule == SYNTHESIS), None)
     if synthesis is None:
         return findings
-    folded = [f for f in findings if f.rule in FOLDED]
+    folded = [f for f in findings if folds(f)]
     merged = _fold(synthesis, folded)
     kept: list[Finding] = []
     for finding in findings:
         if finding is synthesis:
             kept.append(merged)
-        elif finding.rule not in FOLDED and finding.rule != RISK_SCREENING:
+        elif not folds(finding) and finding.rule != RISK_SCREENING:
             kept.append(finding)
     return kept
 

@@ -7,8 +7,10 @@ and keeps the exact comparison the rules used before they shared it: "recent" is
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from cds_service.fhir.record import CodedResult, ConditionFact, LabResult, MedicationFact
 from cds_service.knowledge.chart import Chart
@@ -94,3 +96,114 @@ RENAL_READS = Reads(
     procedures=RENAL_PROCEDURES,
     patient=True,  # sex and age for CKD-EPI 2021
 )
+
+
+# The laboratory's own albumin-corrected total calcium (calcium value set).
+CORRECTED_CALCIUM_LOINC = "29265-6"
+
+
+def same_day(a: LabResult, b: LabResult) -> bool:
+    return a.when.date() == b.when.date()
+
+
+def corrected_calcium(calcium: LabResult, albumin: LabResult | None) -> LabResult | None:
+    """The total calcium corrected for an albumin of the same day (Payne 1973), as a calcium
+    result of that value; None when the laboratory already corrected it, or there is no such
+    albumin. Its reference range and flags are the measured calcium's: a corrected calcium is
+    read against the total calcium range (calcium value set)."""
+    if calcium.code == CORRECTED_CALCIUM_LOINC or albumin is None:
+        return None
+    if calcium.high is None or calcium.comparator is not None:
+        return None  # without the laboratory's range the lab's own flag stays the judge
+    if not same_day(calcium, albumin) or albumin.comparator is not None:
+        return None
+    limits = thresholds()["calcinosis_type"]
+    albumin_g_dl = albumin.value / 10  # canonical g/L
+    value = calcium.value + limits["albumin_slope_mg_dl_per_g_dl"] * (
+        limits["albumin_reference_g_dl"] - albumin_g_dl
+    )
+    # The laboratory's H flag was about the measured value: only the range judges the new one.
+    return replace(calcium, value=value, flags=calcium.flags - {"H", "HH", "HU"})
+
+
+def high_calcium(record: Chart, max_days: float) -> list[LabResult]:
+    """The evidence of a recent calcium above the laboratory's range, or [] (issue 14). A total
+    calcium is judged corrected for an albumin of the same day (Payne 1973, as
+    `corrected_calcium` below computes it; not one the laboratory already
+    corrected, LOINC 29265-6): the evidence is then the measured calcium and that albumin. Without
+    a high total calcium, a recent ionised calcium above range."""
+    calcium = recent_lab(record, "calcium", max_days)
+    if calcium is not None:
+        albumin = recent_lab(record, "albumin", max_days)
+        corrected = corrected_calcium(calcium, albumin)
+        if corrected is not None and corrected.above_range:
+            return [calcium, albumin] if albumin is not None else [calcium]
+        if corrected is None and calcium.above_range:
+            return [calcium]
+    ionised = recent_lab(record, "calcium-ionised", max_days)
+    return [ionised] if ionised is not None and ionised.above_range else []
+
+
+# Parenteral routes (issue 14: ibandronate is a tablet and an injection; an oral-only row must
+# not fire on the injection). Route codes as verified in terminology/products/forms.yaml
+# (SNOMED CT: intravenous, intramuscular, subcutaneous, intra-arterial; EDQM: the same uses).
+PARENTERAL_ROUTE_CODES = frozenset(
+    {"47625008", "78421000", "34206005", "58100008", "20045000", "20035000", "20066000", "20023000"}
+)
+PARENTERAL_WORDS = (
+    "intravenous",
+    "intravenously",
+    "intraveineuse",
+    "intraveineux",
+    "iv",
+    "ivd",
+    "intramuscular",
+    "intramusculaire",
+    "im",
+    "subcutaneous",
+    "sous cutanee",
+    "injection",
+    "injections",
+    "injectable",
+    "inj",
+    "perfusion",
+    "infusion",
+    "prefilled syringe",
+    "seringue preremplie",
+)
+
+
+def _concept_texts(concept: Any) -> list[str]:
+    if not isinstance(concept, Mapping):
+        return []
+    codings = concept.get("coding")
+    texts = [concept.get("text")]
+    texts += (
+        [c.get("display") for c in codings if isinstance(c, Mapping)]
+        if isinstance(codings, list)
+        else []
+    )
+    return [t for t in texts if isinstance(t, str)]
+
+
+def is_parenteral(order: MedicationFact) -> bool:
+    """The order is for a parenteral form: a dosage route coded intravenous, intramuscular,
+    subcutaneous or intra-arterial, or a parenteral word ("injection", "IV", "perfusion"...) in
+    the product's name, the route text or the dosage text. An order that says nothing is not
+    parenteral (an oral-only row keeps it: no missed warning)."""
+    resource = order.resource if isinstance(order.resource, Mapping) else {}
+    texts = [order.display, *_concept_texts(resource.get("medicationCodeableConcept"))]
+    dosages = resource.get("dosageInstruction")
+    for dosage in dosages if isinstance(dosages, list) else []:
+        if not isinstance(dosage, Mapping):
+            continue
+        route = dosage.get("route")
+        codings = route.get("coding") if isinstance(route, Mapping) else None
+        for coding in codings if isinstance(codings, list) else []:
+            if isinstance(coding, Mapping) and coding.get("code") in PARENTERAL_ROUTE_CODES:
+                return True
+        texts += _concept_texts(route)
+        texts += [
+            dosage[k] for k in ("text", "patientInstruction") if isinstance(dosage.get(k), str)
+        ]
+    return any(says(normalise_text(text), PARENTERAL_WORDS) for text in texts)

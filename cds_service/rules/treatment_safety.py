@@ -43,6 +43,8 @@ from cds_service.rules.predicates import (
     at_least,
     below,
     conditions_of,
+    high_calcium,
+    is_parenteral,
     recent_lab,
 )
 
@@ -138,6 +140,11 @@ def _lab_below(value: Mapping[str, Any], record: Chart) -> Evaluation:
     return ok, [lab] if ok else []
 
 
+def _calcium_above_range(value: Mapping[str, Any], record: Chart) -> Evaluation:
+    found = high_calcium(record, value["max_age_days"])
+    return bool(found), list(found)
+
+
 def _partner(_value: bool, _record: Chart) -> Evaluation:
     return True, []
 
@@ -199,6 +206,7 @@ EVALUATORS: Mapping[str, Callable[[Any, Chart], Evaluation]] = {
     "condition": _condition,
     "current_condition": _current_condition,
     "lab_below": _lab_below,
+    "calcium_above_range": _calcium_above_range,
     "partner": _partner,
     "any": _any,
     "all": _all,
@@ -221,6 +229,8 @@ def _first_row(
 ) -> tuple[Row, list[Any]] | None:
     for row in rule.rows:
         if row.drug is not None and row.drug not in order.valuesets:
+            continue
+        if row.route == "oral" and is_parenteral(order):
             continue
         if row.partners and (partner is None or not partner.valuesets & set(row.partners)):
             continue

@@ -370,6 +370,8 @@ def test_value_set_file_errors_are_reported(tmp_path: Path) -> None:
 
 def test_fixture_codes_are_in_value_sets_or_known_noise() -> None:
     noise = {"8867-4", "2823-3", "8480-6", "17861-6", "2777-1", "266261006", "3443"}
+    # ICD-10-CM E83.59, too broad for any value set: calciphylaxis is recognised by its text.
+    noise.add("E83.59")
     known = {c.code for vs in TERMINOLOGY.valuesets.values() for c in vs.concepts}
     for path in FIXTURES.parent.glob("*/*.request.json"):  # all three services
         text = path.read_text(encoding="utf-8")
