@@ -102,6 +102,7 @@ class LabResult:
     # Quantity.comparator ("<", "<=", ">", ">="), or the one a valueString carried ("<15"):
     # the true value is beyond `value` in that direction. Never dropped: cards show it.
     comparator: str | None = None
+    low: float | None = None  # lower reference limit, canonical unit, when the lab sent one
 
     @property
     def above_range(self) -> bool:
@@ -114,6 +115,18 @@ class LabResult:
         if self.comparator in (">", ">="):
             return self.value >= self.high
         return self.value > self.high
+
+    @property
+    def below_range(self) -> bool:
+        """Flagged low by the lab, or below the lower limit it sent (">X" is below only when
+        the lab says so; "<X" is below when X is at or below the limit)."""
+        if self.flags & {"L", "LL", "LU"}:
+            return True
+        if self.low is None or self.comparator in (">", ">="):
+            return False
+        if self.comparator in ("<", "<="):
+            return self.value <= self.low
+        return self.value < self.low
 
 
 @dataclass(frozen=True)

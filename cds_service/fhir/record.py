@@ -501,6 +501,7 @@ def _lab_result(
         ref=_ref(res),
         code=match.code,
         high=_upper_limit(concept, res, spellings),
+        low=_lower_limit(concept, res, spellings),
         flags=_interpretation(res),
         focus=tuple(
             f["reference"]
@@ -541,23 +542,40 @@ def _interpretation(res: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(codes)
 
 
-def _range_high(res: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The `high` Quantity of the first reference range, when the lab sent one."""
+def _range_bound(res: Mapping[str, Any], bound: str) -> Mapping[str, Any] | None:
+    """The `high` or `low` Quantity of the first reference range, when the lab sent one."""
     ranges = res.get("referenceRange")
     if not isinstance(ranges, list) or not ranges or not isinstance(ranges[0], Mapping):
         return None
-    high = ranges[0].get("high")
-    return high if isinstance(high, Mapping) and high.get("value") is not None else None
+    limit = ranges[0].get(bound)
+    return limit if isinstance(limit, Mapping) and limit.get("value") is not None else None
+
+
+def _range_high(res: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The `high` Quantity of the first reference range, when the lab sent one."""
+    return _range_bound(res, "high")
+
+
+def _limit(concept: str, res: Mapping[str, Any], spellings: list[str], bound: str) -> float | None:
+    """The first reference range's `bound` ("high" or "low"), in the canonical unit (its own
+    unit, else the value's)."""
+    limit = _range_bound(res, bound)
+    if limit is None:
+        return None
+    own = [u for u in (limit.get("code"), limit.get("unit")) if isinstance(u, str)]
+    return units.to_canonical(concept, float(limit["value"]), own or spellings)
 
 
 def _upper_limit(concept: str, res: Mapping[str, Any], spellings: list[str]) -> float | None:
     """The first reference range's upper limit, in the canonical unit (its own unit, else the
     value's)."""
-    high = _range_high(res)
-    if high is None:
-        return None
-    own = [u for u in (high.get("code"), high.get("unit")) if isinstance(u, str)]
-    return units.to_canonical(concept, float(high["value"]), own or spellings)
+    return _limit(concept, res, spellings, "high")
+
+
+def _lower_limit(concept: str, res: Mapping[str, Any], spellings: list[str]) -> float | None:
+    """The first reference range's lower limit (issue 14: a low calcium), in the canonical
+    unit (its own unit, else the value's)."""
+    return _limit(concept, res, spellings, "low")
 
 
 def _coded_result(

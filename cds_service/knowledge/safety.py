@@ -138,6 +138,14 @@ CRITERIA: Mapping[str, Criterion] = {
         _fields({"max_age_days": _number}),
         labs=lambda value: ("calcium", "calcium-ionised", "albumin"),
     ),
+    # Issue 14 (hypocalcaemia before a bisphosphonate): the latest calcium below the
+    # laboratory's range (referenceRange.low, or flagged L / LL), a total calcium corrected for
+    # a same-day albumin (rules/predicates.py `low_calcium`).
+    "calcium_below_range": Criterion(
+        "{max_age_days}",
+        _fields({"max_age_days": _number}),
+        labs=lambda value: ("calcium", "calcium-ionised", "albumin"),
+    ),
     "partner": Criterion("true", _true),
     "any": Criterion("[criteria]", lambda value: None, nested=True),
     "all": Criterion("[criteria]", lambda value: None, nested=True),

@@ -106,14 +106,24 @@ def same_day(a: LabResult, b: LabResult) -> bool:
     return a.when.date() == b.when.date()
 
 
-def corrected_calcium(calcium: LabResult, albumin: LabResult | None) -> LabResult | None:
+# The interpretation flags a corrected value no longer carries, by the range bound it is
+# judged against (the laboratory's flag was about the measured value).
+_BOUND_FLAGS = {"high": frozenset({"H", "HH", "HU"}), "low": frozenset({"L", "LL", "LU"})}
+
+
+def corrected_calcium(
+    calcium: LabResult, albumin: LabResult | None, bound: str = "high"
+) -> LabResult | None:
     """The total calcium corrected for an albumin of the same day (Payne 1973), as a calcium
     result of that value; None when the laboratory already corrected it, or there is no such
     albumin. Its reference range and flags are the measured calcium's: a corrected calcium is
-    read against the total calcium range (calcium value set)."""
+    read against the total calcium range (calcium value set). ``bound`` is the limit it is to
+    be judged against ("high" for `high_calcium`, "low" for `low_calcium`): without that limit
+    the laboratory's own flag stays the judge (None), and its flags of that side are dropped."""
     if calcium.code == CORRECTED_CALCIUM_LOINC or albumin is None:
         return None
-    if calcium.high is None or calcium.comparator is not None:
+    limit = calcium.high if bound == "high" else calcium.low
+    if limit is None or calcium.comparator is not None:
         return None  # without the laboratory's range the lab's own flag stays the judge
     if not same_day(calcium, albumin) or albumin.comparator is not None:
         return None
@@ -122,8 +132,8 @@ def corrected_calcium(calcium: LabResult, albumin: LabResult | None) -> LabResul
     value = calcium.value + limits["albumin_slope_mg_dl_per_g_dl"] * (
         limits["albumin_reference_g_dl"] - albumin_g_dl
     )
-    # The laboratory's H flag was about the measured value: only the range judges the new one.
-    return replace(calcium, value=value, flags=calcium.flags - {"H", "HH", "HU"})
+    # The laboratory's flag was about the measured value: only the range judges the new one.
+    return replace(calcium, value=value, flags=calcium.flags - _BOUND_FLAGS[bound])
 
 
 def high_calcium(record: Chart, max_days: float) -> list[LabResult]:
@@ -142,6 +152,25 @@ def high_calcium(record: Chart, max_days: float) -> list[LabResult]:
             return [calcium]
     ionised = recent_lab(record, "calcium-ionised", max_days)
     return [ionised] if ionised is not None and ionised.above_range else []
+
+
+def low_calcium(record: Chart, max_days: float) -> list[LabResult]:
+    """The evidence of a recent calcium below the laboratory's range (its reference range low,
+    or flagged L / LL), or [] (issue 14: hypocalcaemia before a bisphosphonate). Symmetric to
+    `high_calcium`: a total calcium is judged corrected for an albumin of the same day (a low
+    albumin can bring a low total calcium back into range); the evidence is then the measured
+    calcium and that albumin. Without a low total calcium, a recent ionised calcium below
+    range."""
+    calcium = recent_lab(record, "calcium", max_days)
+    if calcium is not None:
+        albumin = recent_lab(record, "albumin", max_days)
+        corrected = corrected_calcium(calcium, albumin, bound="low")
+        if corrected is not None and corrected.below_range:
+            return [calcium, albumin] if albumin is not None else [calcium]
+        if corrected is None and calcium.below_range:
+            return [calcium]
+    ionised = recent_lab(record, "calcium-ionised", max_days)
+    return [ionised] if ionised is not None and ionised.below_range else []
 
 
 # Parenteral routes (issue 14: ibandronate is a tablet and an injection; an oral-only row must

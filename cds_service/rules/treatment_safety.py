@@ -45,6 +45,7 @@ from cds_service.rules.predicates import (
     conditions_of,
     high_calcium,
     is_parenteral,
+    low_calcium,
     recent_lab,
 )
 
@@ -145,6 +146,11 @@ def _calcium_above_range(value: Mapping[str, Any], record: Chart) -> Evaluation:
     return bool(found), list(found)
 
 
+def _calcium_below_range(value: Mapping[str, Any], record: Chart) -> Evaluation:
+    found = low_calcium(record, value["max_age_days"])
+    return bool(found), list(found)
+
+
 def _partner(_value: bool, _record: Chart) -> Evaluation:
     return True, []
 
@@ -207,6 +213,7 @@ EVALUATORS: Mapping[str, Callable[[Any, Chart], Evaluation]] = {
     "current_condition": _current_condition,
     "lab_below": _lab_below,
     "calcium_above_range": _calcium_above_range,
+    "calcium_below_range": _calcium_below_range,
     "partner": _partner,
     "any": _any,
     "all": _all,
