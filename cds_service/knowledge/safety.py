@@ -146,6 +146,14 @@ CRITERIA: Mapping[str, Criterion] = {
         _fields({"max_age_days": _number}),
         labs=lambda value: ("calcium", "calcium-ionised", "albumin"),
     ),
+    # Issue 14 (aluminium with a low phosphate): the latest result of a concept within
+    # max_age_days below the laboratory's range (referenceRange.low, or flagged L / LL;
+    # fhir/facts.py `LabResult.below_range`). Generic: the concept is any laboratory value set.
+    "lab_below_range": Criterion(
+        "{concept, max_age_days}",
+        _fields({"concept": _concept, "max_age_days": _number}),
+        labs=lambda value: (value["concept"],),
+    ),
     "partner": Criterion("true", _true),
     "any": Criterion("[criteria]", lambda value: None, nested=True),
     "all": Criterion("[criteria]", lambda value: None, nested=True),

@@ -151,6 +151,15 @@ def _calcium_below_range(value: Mapping[str, Any], record: Chart) -> Evaluation:
     return bool(found), list(found)
 
 
+def _lab_below_range(value: Mapping[str, Any], record: Chart) -> Evaluation:
+    """The latest result of the concept, within ``max_age_days``, is below the laboratory's
+    range (its reference range low, or flagged L / LL): a result without a range or flag never
+    matches."""
+    lab = recent_lab(record, value["concept"], value["max_age_days"])
+    ok = lab is not None and lab.below_range
+    return ok, [lab] if ok else []
+
+
 def _partner(_value: bool, _record: Chart) -> Evaluation:
     return True, []
 
@@ -214,6 +223,7 @@ EVALUATORS: Mapping[str, Callable[[Any, Chart], Evaluation]] = {
     "lab_below": _lab_below,
     "calcium_above_range": _calcium_above_range,
     "calcium_below_range": _calcium_below_range,
+    "lab_below_range": _lab_below_range,
     "partner": _partner,
     "any": _any,
     "all": _all,
