@@ -136,41 +136,38 @@ def corrected_calcium(
     return replace(calcium, value=value, flags=calcium.flags - _BOUND_FLAGS[bound])
 
 
-def high_calcium(record: Chart, max_days: float) -> list[LabResult]:
-    """The evidence of a recent calcium above the laboratory's range, or [] (issue 14). A total
-    calcium is judged corrected for an albumin of the same day (Payne 1973, as
-    `corrected_calcium` below computes it; not one the laboratory already
-    corrected, LOINC 29265-6): the evidence is then the measured calcium and that albumin. Without
-    a high total calcium, a recent ionised calcium above range."""
+def _calcium_beyond(record: Chart, max_days: float, bound: str) -> list[LabResult]:
+    """The evidence of a recent calcium beyond the laboratory's range on the side of `bound`
+    ("high": above, "low": below), or [] (issue 14). A total calcium is judged corrected for an
+    albumin of the same day (Payne 1973, as `corrected_calcium` computes it; not one the
+    laboratory already corrected, LOINC 29265-6): the evidence is then the measured calcium and
+    that albumin. Without such a total calcium, a recent ionised calcium beyond its range."""
+
+    def beyond(lab: LabResult) -> bool:
+        return lab.above_range if bound == "high" else lab.below_range
+
     calcium = recent_lab(record, "calcium", max_days)
     if calcium is not None:
         albumin = recent_lab(record, "albumin", max_days)
-        corrected = corrected_calcium(calcium, albumin)
-        if corrected is not None and corrected.above_range:
+        corrected = corrected_calcium(calcium, albumin, bound=bound)
+        if corrected is not None and beyond(corrected):
             return [calcium, albumin] if albumin is not None else [calcium]
-        if corrected is None and calcium.above_range:
+        if corrected is None and beyond(calcium):
             return [calcium]
     ionised = recent_lab(record, "calcium-ionised", max_days)
-    return [ionised] if ionised is not None and ionised.above_range else []
+    return [ionised] if ionised is not None and beyond(ionised) else []
+
+
+def high_calcium(record: Chart, max_days: float) -> list[LabResult]:
+    """A recent calcium above the laboratory's range (calcium and vitamin D in calcinosis)."""
+    return _calcium_beyond(record, max_days, "high")
 
 
 def low_calcium(record: Chart, max_days: float) -> list[LabResult]:
-    """The evidence of a recent calcium below the laboratory's range (its reference range low,
-    or flagged L / LL), or [] (issue 14: hypocalcaemia before a bisphosphonate). Symmetric to
-    `high_calcium`: a total calcium is judged corrected for an albumin of the same day (a low
-    albumin can bring a low total calcium back into range); the evidence is then the measured
-    calcium and that albumin. Without a low total calcium, a recent ionised calcium below
-    range."""
-    calcium = recent_lab(record, "calcium", max_days)
-    if calcium is not None:
-        albumin = recent_lab(record, "albumin", max_days)
-        corrected = corrected_calcium(calcium, albumin, bound="low")
-        if corrected is not None and corrected.below_range:
-            return [calcium, albumin] if albumin is not None else [calcium]
-        if corrected is None and calcium.below_range:
-            return [calcium]
-    ionised = recent_lab(record, "calcium-ionised", max_days)
-    return [ionised] if ionised is not None and ionised.below_range else []
+    """A recent calcium below the laboratory's range, its range low or flagged L / LL
+    (hypocalcaemia before a bisphosphonate); a low albumin can bring a low total calcium back
+    into range."""
+    return _calcium_beyond(record, max_days, "low")
 
 
 # Parenteral routes (issue 14: ibandronate is a tablet and an injection; an oral-only row must
