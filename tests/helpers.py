@@ -151,6 +151,13 @@ def record(*resources: dict[str, Any], now: datetime = NOW) -> Chart:
     return build_chart(located, PID, TERMINOLOGY, now)
 
 
+def variants(rule_id: str, *resources: dict[str, Any], now: datetime = NOW) -> list[str]:
+    """The card variants one rule gives for a record of these resources (add the Patient)."""
+    from cds_service.rules import RULES  # the registry loads the whole knowledge base
+
+    return [finding.variant for finding in RULES[rule_id](record(*resources, now=now))]
+
+
 def lesion(size: float, unit: str, focus: str = "c", rid: str = "size") -> dict[str, Any]:
     """A lesion-size measurement (LOINC 39126-8) pointing at the Condition `focus`."""
     return {

@@ -43,7 +43,7 @@ RENAL_PROCEDURES = ("dialysis-procedure", "kidney-transplant-procedure")
 # Upper bound of the eGFR (mL/min/1.73 m2) that a coded stage implies.
 CODED_STAGE_BOUND: Mapping[str | None, float] = {"G5D": 0, "G5": 14, "G4": 29, "G3": 59, None: 59}
 # The routes a row may be limited to (`route`).
-ROUTES = ("oral",)
+ROUTES = ("oral", "parenteral")
 
 
 # --------------------------------------------------------------------------- grammar
@@ -154,6 +154,25 @@ CRITERIA: Mapping[str, Criterion] = {
         _fields({"concept": _concept, "max_age_days": _number}),
         labs=lambda value: (value["concept"],),
     ),
+    # The latest result of a concept within max_age_days above the laboratory's range (its
+    # reference range high, or flagged H / HH): the mirror of lab_below_range.
+    "lab_above_range": Criterion(
+        "{concept, max_age_days}",
+        _fields({"concept": _concept, "max_age_days": _number}),
+        labs=lambda value: (value["concept"],),
+    ),
+    # The latest result of a concept within max_age_days at or above a value (canonical unit).
+    "lab_at_least": Criterion(
+        "{concept, value, max_age_days}", _LAB, labs=lambda value: (value["concept"],)
+    ),
+    # No readable result of a concept (quantitative or qualitative) within max_age_days: a
+    # screening or a monitoring test that the record does not show (hepatitis B serology before
+    # rituximab, electrolytes before an infusion). What could not be read is its evidence.
+    "no_recent_result": Criterion(
+        "{concept, max_age_days}",
+        _fields({"concept": _concept, "max_age_days": _number}),
+        labs=lambda value: (value["concept"],),
+    ),
     "partner": Criterion("true", _true),
     "any": Criterion("[criteria]", lambda value: None, nested=True),
     "all": Criterion("[criteria]", lambda value: None, nested=True),
@@ -201,7 +220,7 @@ class Row:
     # A critical row names the label contraindication it applies (docs/knowledge.md lists them).
     label: str | None = None
     # "oral": only an order that is not for a parenteral form (ibandronate is both a tablet and
-    # an injection; rules/predicates.py is_parenteral).
+    # an injection); "parenteral": only an order for one (rules/predicates.py is_parenteral).
     route: str | None = None
 
 

@@ -45,6 +45,7 @@ from cds_service.rules.predicates import (
     conditions_of,
     high_calcium,
     is_parenteral,
+    is_recent,
     low_calcium,
     recent_lab,
 )
@@ -160,6 +161,33 @@ def _lab_below_range(value: Mapping[str, Any], record: Chart) -> Evaluation:
     return ok, [lab] if ok else []
 
 
+def _lab_above_range(value: Mapping[str, Any], record: Chart) -> Evaluation:
+    """The latest result of the concept, within ``max_age_days``, is above the laboratory's
+    range (its reference range high, or flagged H / HH)."""
+    lab = recent_lab(record, value["concept"], value["max_age_days"])
+    ok = lab is not None and lab.above_range
+    return ok, [lab] if ok else []
+
+
+def _lab_at_least(value: Mapping[str, Any], record: Chart) -> Evaluation:
+    lab = recent_lab(record, value["concept"], value["max_age_days"])
+    ok = lab is not None and at_least(lab, value["value"]) and lab.comparator not in ("<", "<=")
+    return ok, [lab] if ok else []
+
+
+def _no_recent_result(value: Mapping[str, Any], record: Chart) -> Evaluation:
+    """No readable result of the concept, quantitative or qualitative, within
+    ``max_age_days``. Its evidence is what could not be read of that concept, if anything (the
+    card then says that a result was there but unreadable)."""
+    concept, max_days = value["concept"], value["max_age_days"]
+    lab = record.labs.get(concept)
+    coded = record.results.get(concept)
+    found = [r for r in (lab, coded) if r is not None and is_recent(r.when, record.now, max_days)]
+    if found:
+        return False, []
+    return True, [n for n in record.notes if n.concept == concept]
+
+
 def _partner(_value: bool, _record: Chart) -> Evaluation:
     return True, []
 
@@ -224,6 +252,9 @@ EVALUATORS: Mapping[str, Callable[[Any, Chart], Evaluation]] = {
     "calcium_above_range": _calcium_above_range,
     "calcium_below_range": _calcium_below_range,
     "lab_below_range": _lab_below_range,
+    "lab_above_range": _lab_above_range,
+    "lab_at_least": _lab_at_least,
+    "no_recent_result": _no_recent_result,
     "partner": _partner,
     "any": _any,
     "all": _all,
@@ -248,6 +279,8 @@ def _first_row(
         if row.drug is not None and row.drug not in order.valuesets:
             continue
         if row.route == "oral" and is_parenteral(order):
+            continue
+        if row.route == "parenteral" and not is_parenteral(order):
             continue
         if row.partners and (partner is None or not partner.valuesets & set(row.partners)):
             continue
