@@ -313,7 +313,7 @@ def test_the_merged_card_reads_as_one(app: Flask, lang: str, also: str, footer: 
     assert len(codes) == len(set(codes))
     assert {"colchicine-dose-reduced", "dose-already-adjusted"} <= set(codes)  # both rules'
     urls = [link["url"] for link in card["links"]]
-    assert "https://globalrph.com/renal/colchicine/" in urls
+    assert "https://base-donnees-publique.medicaments.gouv.fr/extrait.php?specid=61331730" in urls
     assert len(urls) == len(set(urls))
     issued = app.extensions["cds_engine"].store.issued(card["uuid"])
     assert (issued.rule_id, issued.variant, issued.also_rules) == (
