@@ -174,6 +174,9 @@ CRITERIA: Mapping[str, Criterion] = {
         labs=lambda value: (value["concept"],),
     ),
     "partner": Criterion("true", _true),
+    # Issue 14 (minocycline and autoimmune syndromes): true only at an order hook (draft orders
+    # under review), for a precaution to read when prescribing, not at every chart opening.
+    "at_order": Criterion("true", _true),
     "any": Criterion("[criteria]", lambda value: None, nested=True),
     "all": Criterion("[criteria]", lambda value: None, nested=True),
 }

@@ -15,7 +15,9 @@ When: a value set that a card of this response may propose, and either
 - the patient already has an order of it (an active or on-hold MedicationRequest, or a draft
   under review; any product of the value set counts), or
 - a row of the treatment-safety table would fire for a draft order of it (or a table rule could
-  not be run for it: silence must never read as "safe").
+  not be run for it: silence must never read as "safe"). An order-time precaution
+  (`at_order` rows, issue 14: minocycline in SSc) does not hold at patient-view, where
+  proposals are checked, so it withholds nothing: it is shown when the proposal is ordered.
 Then: a `Withheld` per value set, with the facts that explain it (the current orders, or the
 safety findings and the record facts they rest on). The renderer drops the suggestion and says
 why in one line. Pure: no I/O, no text.

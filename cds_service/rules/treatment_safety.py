@@ -192,6 +192,21 @@ def _partner(_value: bool, _record: Chart) -> Evaluation:
     return True, []
 
 
+# The reference prefix of the hypothetical draft a card's proposal is checked as
+# (rules/coherence.py PROPOSED_REF; tests/rules/test_minocycline_precautions.py holds the two
+# together).
+PROPOSED_PREFIX = "MedicationRequest/(proposed "
+
+
+def _at_order(_value: bool, record: Chart) -> Evaluation:
+    """True at order-select / order-sign (the record holds real drafts under review), false at
+    patient-view: a precaution for the moment of prescribing, not a standing card. A card's
+    proposal, checked at patient-view as a hypothetical draft (rules/coherence.py), is no order
+    hook: the precaution is shown when the proposal becomes a draft, and does not withhold it."""
+    drafts = record.drafts or ()
+    return any(not d.ref.startswith(PROPOSED_PREFIX) for d in drafts), []
+
+
 def _any(criteria: list[Mapping[str, Any]], record: Chart) -> Evaluation:
     for sub in criteria:
         ok, found = holds(sub, record)
@@ -256,6 +271,7 @@ EVALUATORS: Mapping[str, Callable[[Any, Chart], Evaluation]] = {
     "lab_at_least": _lab_at_least,
     "no_recent_result": _no_recent_result,
     "partner": _partner,
+    "at_order": _at_order,
     "any": _any,
     "all": _all,
 }
@@ -278,7 +294,8 @@ def _first_row(
     for row in rule.rows:
         if row.drug is not None and row.drug not in order.valuesets:
             continue
-        if row.route == "oral" and is_parenteral(order):
+        # In an interaction, an oral-only row needs both orders oral (chelation in the gut).
+        if row.route == "oral" and any(is_parenteral(o) for o in (order, partner) if o):
             continue
         if row.route == "parenteral" and not is_parenteral(order):
             continue

@@ -31,7 +31,7 @@ from cds_service.fhir.record import ConditionFact, LabResult, Located, Medicatio
 from cds_service.hooks.services import load_services
 from cds_service.knowledge.chart import Chart, build_chart
 from cds_service.knowledge.renal import RenalStatus
-from cds_service.knowledge.safety import load_table
+from cds_service.knowledge.safety import load_table, walk
 from cds_service.rules import RULES, coherence
 from cds_service.settings import DEFAULT_CARDS_DIR
 from tests import helpers as h
@@ -41,6 +41,12 @@ PROPOSABLE = {"colchicine", "minocycline", "sodium-thiosulfate", "diltiazem"}
 LIBRARY = CardLibrary(DEFAULT_CARDS_DIR, h.TERMINOLOGY)
 RENDERER = Renderer(LIBRARY)
 TABLE = load_table()
+# Table rules every row of which needs `at_order` (issue 14): order-time precautions.
+ORDER_TIME_ONLY = {
+    rule_id
+    for rule_id, rule in TABLE.items()
+    if all(any(name == "at_order" for name, _ in walk(row.when)) for row in rule.rows)
+}
 
 # RxNorm ingredient codes (the value sets' own IN codes).
 COLCHICINE, CLARITHROMYCIN, WARFARIN, MINOCYCLINE, DILTIAZEM = (
@@ -122,8 +128,10 @@ def test_the_scenario_of_the_issue() -> None:
     assert [m.ref for m in withheld["diltiazem"].reasons] == ["MedicationRequest/m3"]
     assert withheld["colchicine"].findings == ()  # already taken: its own cards say the rest
     minocycline = withheld["minocycline"]
-    assert {f.rule for f in minocycline.findings} == {"warfarin-minocycline"}
-    assert [m.ref for m in minocycline.reasons] == ["MedicationRequest/m2"]  # the warfarin
+    # issue 14: with an eGFR of 20 the minocycline renal warning withholds it too
+    assert {f.rule for f in minocycline.findings} == {"warfarin-minocycline", "minocycline-renal"}
+    orders = [m.ref for m in minocycline.reasons if isinstance(m, MedicationFact)]
+    assert orders == ["MedicationRequest/m2"]  # the warfarin
 
 
 def test_a_drug_the_table_flags_is_withheld_with_its_reasons() -> None:
@@ -190,7 +198,8 @@ def test_coded_ckd_4_withholds_colchicine() -> None:
     (renal,) = withheld["colchicine"].reasons
     assert isinstance(renal, RenalStatus)
     assert renal.category == "G4"
-    assert "minocycline" not in withheld
+    # issue 14: minocycline too, by its renal warning (CKD G4 is below 60)
+    assert {f.rule for f in withheld["minocycline"].findings} == {"minocycline-renal"}
 
 
 def test_nothing_is_withheld_when_nothing_speaks_against_it() -> None:
@@ -279,18 +288,23 @@ def test_without_withheld_drugs_both_are_proposed() -> None:
             [
                 "colchicine — eGFR 20",
                 "and current clarithromycin.",
-                "minocycline — current warfarin.",
+                # issue 14: the minocycline renal warning adds the eGFR to its reasons
+                "minocycline — eGFR 20 (G4) and current warfarin.",
             ],
             [
                 "colchicine — DFGe 20",
                 "et clarithromycine en cours.",
-                "minocycline — warfarine en cours.",
+                "minocycline — DFGe 20",
+                "et warfarine en cours.",
             ],
         ),
         (
             "egfr-20-clarithromycin-warfarin-colchicine",
-            ["colchicine — already prescribed.", "minocycline — current warfarin."],
-            ["colchicine — déjà en cours.", "minocycline — warfarine en cours."],
+            [
+                "colchicine — already prescribed.",
+                "minocycline — eGFR 20 (G4) and current warfarin.",
+            ],
+            ["colchicine — déjà en cours.", "minocycline — DFGe 20", "et warfarine en cours."],
         ),
         ("on-minocycline", ["minocycline — already prescribed."], ["minocycline — déjà en cours."]),
         (
@@ -464,7 +478,15 @@ def test_no_suggestion_contradicts_the_answer_or_the_record(
                 f"/cds-services/{ORDER_SIGN.id}", json=sign, headers={"Accept-Language": lang}
             )
             assert answer.status_code == 200, answer.json
-            safety = [c for c in answer.json["cards"] if c["source"]["topic"]["code"] in TABLE]
+            # An order-time precaution (issue 14: `at_order` rows, minocycline in SSc) is shown
+            # at every order of the drug for that patient, the proposal's included: it is a
+            # "how to use it safely" card, not a warning against the proposal.
+            safety = [
+                c
+                for c in answer.json["cards"]
+                if c["source"]["topic"]["code"] in TABLE
+                and c["source"]["topic"]["code"] not in ORDER_TIME_ONLY
+            ]
             assert safety == [], (
                 f"{case}: proposing {valuesets} draws {[c['summary'] for c in safety]}"
             )
