@@ -99,6 +99,9 @@ class ValueSet:
     exposure: str = "any"
     systemic_forms: tuple[str, ...] = ()
     local_forms: tuple[str, ...] = ()
+    # Drug value sets only: why the set has no RxNorm product code (a French / ATC-only drug,
+    # e.g. roxithromycin), read by tests/terminology in place of product codes; None otherwise.
+    atc_only_reason: str | None = None
 
     def first(self, system: str) -> Concept | None:
         """The first concept of this value set in `system` (used to code suggested orders)."""
@@ -175,6 +178,11 @@ def _load_valueset(path: Path) -> ValueSet:
         if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
             raise TerminologyError(f"{where}: {key} must be a list of words")
         forms[key] = tuple(normalise_text(w) for w in words)
+    atc_only_reason = data.get("atc_only_reason")
+    if atc_only_reason is not None and not (
+        isinstance(atc_only_reason, str) and atc_only_reason.strip()
+    ):
+        raise TerminologyError(f"{where}: atc_only_reason must be a non-empty text")
     return ValueSet(
         id=data["id"],
         title=data["title"],
@@ -183,6 +191,7 @@ def _load_valueset(path: Path) -> ValueSet:
         concepts=tuple(concepts),
         phrases=phrases,
         exposure=exposure,
+        atc_only_reason=atc_only_reason,
         **forms,
     )
 

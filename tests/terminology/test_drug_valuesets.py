@@ -9,6 +9,7 @@ import pytest
 
 from cds_service.knowledge.safety import table_valuesets
 from cds_service.terminology import RXNORM, Terminology
+from cds_service.terminology.systems import ATC
 
 TERMINOLOGY = Terminology.load()
 
@@ -34,6 +35,15 @@ def test_every_drug_value_set_the_rules_read_lists_product_codes() -> None:
     } - WITHOUT_VERIFIED_RXNORM
     for vs_id in sorted(WITHOUT_VERIFIED_RXNORM):
         assert "could be verified" in TERMINOLOGY[vs_id].description, vs_id
+    # French / ATC-only drugs (roxithromycin, josamycin, pristinamycin: no RxNorm product) say
+    # why in `atc_only_reason`; only they are spared, and they must carry an ATC code and names.
+    atc_only = {vs_id for vs_id in drug_sets if TERMINOLOGY[vs_id].atc_only_reason}
+    for vs_id in sorted(atc_only):
+        vs = TERMINOLOGY[vs_id]
+        assert any(c.system == ATC for c in vs.concepts), f"{vs_id}: no ATC code"
+        assert vs.phrases, f"{vs_id}: no names"
+        assert not any(c.system == RXNORM for c in vs.concepts), f"{vs_id}: has RxNorm codes"
+    drug_sets -= atc_only
     assert len(drug_sets) >= 16
     for vs_id in sorted(drug_sets):
         products = [
