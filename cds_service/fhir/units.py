@@ -85,6 +85,10 @@ CANONICAL: dict[str, CanonicalUnit] = {
     "lesion-size": CanonicalUnit("mm", {"mm": 1.0, "cm": 10.0}),
     # Albumin in g/L (1 g/dL = 10 g/L), read to correct a total calcium (calcinosis_type.py).
     "albumin": CanonicalUnit("g/L", {"g/l": 1.0, "g/dl": 10.0}, decimals=0),
+    # Sodium and bicarbonate (total CO2) in mmol/L, read before IV sodium thiosulfate: both ions
+    # are monovalent, so 1 mEq/L = 1 mmol/L.
+    "sodium": CanonicalUnit("mmol/L", {"mmol/l": 1.0, "meq/l": 1.0}, decimals=0),
+    "bicarbonate": CanonicalUnit("mmol/L", {"mmol/l": 1.0, "meq/l": 1.0}, decimals=0),
 }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from cds_service.knowledge.safety import table_valuesets
+from cds_service.knowledge.safety import load_table, table_valuesets
 from cds_service.terminology import RXNORM, Terminology
 from cds_service.terminology.systems import ATC
 
@@ -23,7 +23,13 @@ def valuesets(text: str | None = None, *codes: str) -> dict[str, tuple[str, ...]
 
 # Drug sets read by a rule with no RxNorm product code that could be verified: their coded
 # orders are recognised by ATC and by name only, which their descriptions say.
-WITHOUT_VERIFIED_RXNORM = {"ibandronate", "pamidronate", "ivig", "calcium-injection"}
+WITHOUT_VERIFIED_RXNORM = {
+    "ibandronate",
+    "pamidronate",
+    "ivig",
+    "calcium-injection",
+    "sodium-thiosulfate",
+}
 
 
 def test_every_drug_value_set_the_rules_read_lists_product_codes() -> None:
@@ -176,8 +182,24 @@ def test_ehr_order_names_are_recognised(name: str, expected: set[str]) -> None:
 SNOMED = "http://snomed.info/sct"
 EDQM = "http://standardterms.edqm.eu"
 CVX = "http://hl7.org/fhir/sid/cvx"
+# A drug set whose every reading row is limited to parenteral orders (`route: parenteral`) needs
+# no local-form filter: an injection is never a cream (sodium thiosulfate, issue 14 point 5).
+_READING_ROWS = {
+    vs_id: [
+        row.route
+        for rule in load_table().values()
+        if vs_id in (*rule.drugs, *rule.partners)
+        for row in rule.rows
+    ]
+    for vs_id in table_valuesets()
+}
+PARENTERAL_ONLY = {
+    vs_id for vs_id, routes in _READING_ROWS.items() if routes and set(routes) == {"parenteral"}
+}
 SYSTEMIC_SETS = sorted(
-    vs_id for vs_id in table_valuesets() if TERMINOLOGY[vs_id].applies_to == "MedicationRequest"
+    vs_id
+    for vs_id in table_valuesets() - PARENTERAL_ONLY
+    if TERMINOLOGY[vs_id].applies_to == "MedicationRequest"
 )
 
 
@@ -185,8 +207,10 @@ def test_every_drug_value_set_the_safety_rules_read_is_about_systemic_exposure()
     assert len(SYSTEMIC_SETS) >= 16
     for vs_id in SYSTEMIC_SETS:
         assert TERMINOLOGY[vs_id].exposure == "systemic", vs_id
-    # a set no safety rule reads keeps every form (ophthalmic ciclosporin, topical thiosulfate)
+    # a set no safety rule reads keeps every form (ophthalmic ciclosporin); so does one read
+    # only for parenteral orders (sodium thiosulfate: its topical form stays recognised)
     assert TERMINOLOGY["ciclosporin-ophthalmic"].exposure == "any"
+    assert {"sodium-thiosulfate", "calcium-injection"} == PARENTERAL_ONLY
     assert TERMINOLOGY["sodium-thiosulfate"].exposure == "any"
 
 
