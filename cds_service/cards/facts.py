@@ -118,6 +118,12 @@ FACT_TEXT: dict[str, FactText] = {
     "context": FactText(("context",), _context, str),
     "notes": FactText(("notes_summary",), _notes),
     "abnormalities": FactText(("abnormalities",), _abnormalities),
+    # A daily dose as read from the order's dosage instructions (prednisone-equivalent mg).
+    "daily_dose": FactText(
+        ("daily_dose",),
+        lambda fmt, mg: {"daily_dose": fmt.as_sent(round(float(mg), 1))},
+        (int, float),
+    ),
 }
 # Every placeholder a fact key may fill (numbers under other keys fill their own name).
 FILLED = frozenset(name for entry in FACT_TEXT.values() for name in entry.fills)

@@ -44,6 +44,8 @@ RENAL_PROCEDURES = ("dialysis-procedure", "kidney-transplant-procedure")
 CODED_STAGE_BOUND: Mapping[str | None, float] = {"G5D": 0, "G5": 14, "G4": 29, "G3": 59, None: 59}
 # The routes a row may be limited to (`route`).
 ROUTES = ("oral", "parenteral")
+# The units a row's daily-dose limit may be written in (`min_daily_dose`, `unread_daily_dose`).
+DOSE_UNITS = ("prednisone_mg",)
 
 
 # --------------------------------------------------------------------------- grammar
@@ -173,6 +175,12 @@ CRITERIA: Mapping[str, Criterion] = {
         _fields({"concept": _concept, "max_age_days": _number}),
         labs=lambda value: (value["concept"],),
     ),
+    # Issue 14 (glucocorticoids in SSc): the latest result of a qualitative concept (an
+    # antibody) is positive: flagged positive, positive words, or a value above its range
+    # (rules/predicates.py `is_positive`).
+    "positive_result": Criterion(
+        "{concept}", _fields({"concept": _concept}), labs=lambda value: (value["concept"],)
+    ),
     "partner": Criterion("true", _true),
     # Issue 14 (minocycline and autoimmune syndromes): true only at an order hook (draft orders
     # under review), for a precaution to read when prescribing, not at every chart opening.
@@ -225,6 +233,27 @@ class Row:
     # "oral": only an order that is not for a parenteral form (ibandronate is both a tablet and
     # an injection); "parenteral": only an order for one (rules/predicates.py is_parenteral).
     route: str | None = None
+    # Issue 14 (glucocorticoids): only an order whose daily dose, read from its dosage
+    # instructions and converted to `prednisone_mg`, is at least this (rules/predicates.py
+    # `daily_dose_at_least`) ...
+    min_daily_dose: Mapping[str, float] | None = None
+    # ... or whose daily dose cannot be shown to be below this: unreadable, or a dose without
+    # its frequency that reads below it (`daily_dose_unread`).
+    unread_daily_dose: Mapping[str, float] | None = None
+
+
+def _dose_limit(where: str, key: str, value: Any) -> Mapping[str, float] | None:
+    """A row's daily-dose limit, checked: {unit: number}, the unit one of DOSE_UNITS."""
+    if value is None:
+        return None
+    ok = (
+        isinstance(value, Mapping)
+        and len(value) == 1
+        and all(unit in DOSE_UNITS and _number(n) is None for unit, n in value.items())
+    )
+    if not ok:
+        raise ValueError(f"safety.yaml {where}: {key} is {{unit: N}}, the unit one of {DOSE_UNITS}")
+    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -308,6 +337,10 @@ def load_table(path: Path = TABLE_FILE) -> dict[str, SafetyRule]:
                     row_partners,
                     row.get("label"),
                     row.get("route"),
+                    _dose_limit(where, "min_daily_dose", resolve(where, row.get("min_daily_dose"))),
+                    _dose_limit(
+                        where, "unread_daily_dose", resolve(where, row.get("unread_daily_dose"))
+                    ),
                 )
             )
         if not spec.get("sources"):

@@ -7,8 +7,9 @@ and keeps the exact comparison the rules used before they shared it: "recent" is
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -233,3 +234,222 @@ def is_parenteral(order: MedicationFact) -> bool:
             dosage[k] for k in ("text", "patientInstruction") if isinstance(dosage.get(k), str)
         ]
     return any(says(normalise_text(text), PARENTERAL_WORDS) for text in texts)
+
+
+# --------------------------------------------------------------------------- daily dose
+# Issue 14 (glucocorticoids in SSc): the daily dose of an order, read from its
+# MedicationRequest.dosageInstruction, in mg, then in prednisone equivalents
+# (knowledge/thresholds.yaml `glucocorticoid_renal_crisis`).
+
+# Mass units, as UCUM codes or as written, in mg.
+_MG_PER_UNIT: Mapping[str, float] = {
+    "mg": 1.0,
+    "milligram": 1.0,
+    "milligrams": 1.0,
+    "milligramme": 1.0,
+    "milligrammes": 1.0,
+    "g": 1000.0,
+    "gram": 1000.0,
+    "grams": 1000.0,
+    "gramme": 1000.0,
+    "grammes": 1000.0,
+    "ug": 0.001,
+    "mcg": 0.001,
+    "microgram": 0.001,
+    "micrograms": 0.001,
+    "microgramme": 0.001,
+    "microgrammes": 0.001,
+}
+# Timing.repeat.periodUnit (UCUM) in days.
+_PERIOD_DAYS: Mapping[str, float] = {
+    "min": 1 / 1440,
+    "h": 1 / 24,
+    "d": 1.0,
+    "wk": 7.0,
+    "mo": 30.0,
+    "a": 365.0,
+}
+# Timing.code (HL7 v3 GTSAbbreviation) -> administrations per day.
+_TIMING_CODES: Mapping[str, float] = {
+    "QD": 1,
+    "AM": 1,
+    "PM": 1,
+    "BID": 2,
+    "TID": 3,
+    "QID": 4,
+    "QOD": 0.5,
+}
+# Frequencies written in a dosage text (normalised: lower case, no accents), per day.
+_TEXT_FREQUENCIES: tuple[tuple[str, float], ...] = (
+    (r"\b(?:four times|4 times|4 fois|quatre fois|qid|q i d)\b", 4),
+    (r"\b(?:three times|3 times|3 fois|trois fois|tid|t i d)\b", 3),
+    (r"\b(?:twice|2 times|2 fois|deux fois|bid|b i d|matin et soir)\b", 2),
+    (r"\b(?:every other day|every 2 days|un jour sur deux|tous les 2 jours|qod)\b", 0.5),
+    (r"\b(?:weekly|once a week|per week|a week|par semaine|1 fois par semaine)\b", 1 / 7),
+    (
+        r"\b(?:once a day|once daily|daily|per day|a day|every day|each day|every morning|"
+        r"each morning|in the morning|qd|od|once|par jour|chaque jour|tous les jours|"
+        r"le matin|chaque matin|tous les matins|1 fois par jour|une fois par jour|"
+        r"jour|day|d|j)\b",
+        1,
+    ),
+)
+_TEXT_DOSE = re.compile(
+    r"\b(\d+(?:p\d+)?)\s*(mg|g|mcg|ug|milligrams?|milligrammes?|grams?|grammes?|"
+    r"micrograms?|microgrammes?)\b"
+)
+_TEXT_DURATION = re.compile(
+    r"\b(?:for|during|pendant|durant)\s+\d+\s*(?:days?|weeks?|months?|jours?|semaines?|mois)\b"
+)
+_TEXT_EVERY_HOURS = re.compile(r"\b(?:every|toutes les|q)\s*(\d+)\s*(?:h|hours?|heures?)\b")
+
+
+@dataclass(frozen=True)
+class DailyDose:
+    """A daily dose in mg. ``lower_bound``: the frequency was not stated, one administration a
+    day is assumed, so the true daily dose may be higher (never read as "below a limit")."""
+
+    mg: float
+    lower_bound: bool = False
+
+
+def _mass_mg(quantity: Any) -> float | None:
+    if not isinstance(quantity, Mapping):
+        return None
+    value = quantity.get("value")
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        return None
+    for key in ("code", "unit"):
+        unit = quantity.get(key)
+        if isinstance(unit, str) and unit.strip().lower() in _MG_PER_UNIT:
+            return float(value) * _MG_PER_UNIT[unit.strip().lower()]
+    return None  # a tablet, a mL, or no unit: not a mass
+
+
+def _coded_dose_mg(dosage: Mapping[str, Any]) -> float | None:
+    """The dose of one administration: doseQuantity, or the high end of doseRange."""
+    rates = dosage.get("doseAndRate")
+    for rate in rates if isinstance(rates, list) else []:
+        if not isinstance(rate, Mapping):
+            continue
+        if "doseQuantity" in rate:
+            return _mass_mg(rate["doseQuantity"])
+        dose_range = rate.get("doseRange")
+        if isinstance(dose_range, Mapping):
+            return _mass_mg(dose_range.get("high"))
+    return None
+
+
+def _per_day(timing: Any) -> float | None:
+    """Administrations per day from a Timing: repeat.frequency (its frequencyMax when higher)
+    per period (periodUnit), or a known Timing.code; None when it does not say."""
+    if not isinstance(timing, Mapping):
+        return None
+    repeat = timing.get("repeat")
+    if isinstance(repeat, Mapping) and "period" in repeat:
+        frequency = repeat.get("frequencyMax", repeat.get("frequency", 1))
+        period, unit = repeat.get("period"), repeat.get("periodUnit")
+        numbers = (frequency, period)
+        if (
+            all(isinstance(n, int | float) and not isinstance(n, bool) for n in numbers)
+            and period > 0
+            and unit in _PERIOD_DAYS
+        ):
+            return float(frequency) / (float(period) * _PERIOD_DAYS[unit])
+        return None
+    code = timing.get("code")
+    codings = code.get("coding") if isinstance(code, Mapping) else None
+    for coding in codings if isinstance(codings, list) else []:
+        if isinstance(coding, Mapping) and coding.get("code") in _TIMING_CODES:
+            return float(_TIMING_CODES[coding["code"]])
+    return None
+
+
+def _text_dose(text: str) -> DailyDose | None:
+    """A dosage text with one dose in a mass unit ("20 mg", "10 mg twice a day", "1 g IV
+    daily", "5 mg every 12 hours"); None for several doses ("10 mg morning, 5 mg evening"), a
+    dose in tablets, no dose, or any other number the reading does not explain ("10 mg 2/j",
+    "10 mg x3"). A text that names no frequency is a lower bound (once a day assumed)."""
+    # Decimal marks survive normalisation as "p" ("2.5 mg", "2,5 mg" -> "2p5 mg").
+    norm = normalise_text(re.sub(r"(\d)[.,](\d)", r"\1p\2", text))
+    doses = list(_TEXT_DOSE.finditer(norm))
+    if len(doses) != 1:
+        return None
+    value, unit = doses[0].groups()
+    mg = float(value.replace("p", ".")) * _MG_PER_UNIT[unit]
+    rest = norm[: doses[0].start()] + " " + norm[doses[0].end() :]
+    read: DailyDose | None = None
+    hours = _TEXT_EVERY_HOURS.search(rest)
+    if hours and int(hours.group(1)) > 0:
+        read, rest = DailyDose(mg * 24 / int(hours.group(1))), rest.replace(hours.group(0), " ")
+    else:
+        for pattern, per_day in _TEXT_FREQUENCIES:
+            found = re.search(pattern, rest)
+            if found:
+                read, rest = DailyDose(mg * per_day), rest.replace(found.group(0), " ")
+                break
+    rest = _TEXT_DURATION.sub(" ", rest)  # "for 5 days" is how long, not how much
+    if re.search(r"\d", rest):
+        return None  # a number the reading does not explain (a count, a frequency)
+    return read if read is not None else DailyDose(mg, lower_bound=True)
+
+
+def _dosage_daily_mg(dosage: Mapping[str, Any]) -> DailyDose | None:
+    dose = _coded_dose_mg(dosage)
+    if dose is not None:
+        per_day = _per_day(dosage.get("timing"))
+        return DailyDose(dose * per_day) if per_day is not None else DailyDose(dose, True)
+    if "doseAndRate" in dosage:
+        return None  # a coded dose that is not a mass: the text may not contradict it
+    text = dosage.get("text")
+    return _text_dose(text) if isinstance(text, str) else None
+
+
+def daily_dose_mg(order: MedicationFact) -> DailyDose | None:
+    """The order's daily dose in mg, or None when it cannot be read (no dosage, a dose not in
+    a mass unit, an unreadable text). Dosage instructions of one ``sequence`` (or all of them
+    when none says) are taken together and summed; of several sequences (a taper), the highest
+    daily dose counts. One unreadable instruction makes the whole dose unreadable."""
+    resource = order.resource if isinstance(order.resource, Mapping) else {}
+    dosages = resource.get("dosageInstruction")
+    if not isinstance(dosages, list) or not dosages:
+        return None
+    by_sequence: dict[Any, list[DailyDose]] = {}
+    for dosage in dosages:
+        if not isinstance(dosage, Mapping):
+            return None
+        read = _dosage_daily_mg(dosage)
+        if read is None:
+            return None
+        by_sequence.setdefault(dosage.get("sequence"), []).append(read)
+    totals = [
+        DailyDose(sum(d.mg for d in reads), any(d.lower_bound for d in reads))
+        for reads in by_sequence.values()
+    ]
+    return max(totals, key=lambda d: d.mg)
+
+
+def prednisone_equivalent(order: MedicationFact) -> DailyDose | None:
+    """The order's daily dose in prednisone-equivalent mg (thresholds.yaml
+    `glucocorticoid_renal_crisis.equivalent_dose_mg`), or None when its dose cannot be read or
+    its drug has no equivalence."""
+    equivalents = thresholds()["glucocorticoid_renal_crisis"]["equivalent_dose_mg"]
+    drugs = [vs for vs in equivalents if vs in order.valuesets]
+    dose = daily_dose_mg(order)
+    if dose is None or not drugs:
+        return None
+    factor = max(equivalents["prednisone"] / equivalents[vs] for vs in drugs)
+    return DailyDose(dose.mg * factor, dose.lower_bound)
+
+
+def daily_dose_at_least(order: MedicationFact, limit: float) -> bool:
+    """The daily prednisone-equivalent dose reads `limit` mg or more (a lower bound counts)."""
+    dose = prednisone_equivalent(order)
+    return dose is not None and dose.mg >= limit
+
+
+def daily_dose_unread(order: MedicationFact, limit: float) -> bool:
+    """The daily dose cannot be shown to be below `limit` mg prednisone-equivalent: it cannot
+    be read, or only as a lower bound below the limit (no frequency stated)."""
+    dose = prednisone_equivalent(order)
+    return dose is None or (dose.lower_bound and dose.mg < limit)

@@ -43,10 +43,14 @@ from cds_service.rules.predicates import (
     at_least,
     below,
     conditions_of,
+    daily_dose_at_least,
+    daily_dose_unread,
     high_calcium,
     is_parenteral,
+    is_positive,
     is_recent,
     low_calcium,
+    prednisone_equivalent,
     recent_lab,
 )
 
@@ -188,6 +192,13 @@ def _no_recent_result(value: Mapping[str, Any], record: Chart) -> Evaluation:
     return True, [n for n in record.notes if n.concept == concept]
 
 
+def _positive_result(value: Mapping[str, Any], record: Chart) -> Evaluation:
+    """The latest result of the concept is positive (rules/predicates.py `is_positive`)."""
+    result = record.results.get(value["concept"])
+    ok = result is not None and is_positive(result)
+    return ok, [result] if ok else []
+
+
 def _partner(_value: bool, _record: Chart) -> Evaluation:
     return True, []
 
@@ -270,6 +281,7 @@ EVALUATORS: Mapping[str, Callable[[Any, Chart], Evaluation]] = {
     "lab_above_range": _lab_above_range,
     "lab_at_least": _lab_at_least,
     "no_recent_result": _no_recent_result,
+    "positive_result": _positive_result,
     "partner": _partner,
     "at_order": _at_order,
     "any": _any,
@@ -301,6 +313,14 @@ def _first_row(
             continue
         if row.partners and (partner is None or not partner.valuesets & set(row.partners)):
             continue
+        if row.min_daily_dose and not daily_dose_at_least(
+            order, row.min_daily_dose["prednisone_mg"]
+        ):
+            continue
+        if row.unread_daily_dose and not daily_dose_unread(
+            order, row.unread_daily_dose["prednisone_mg"]
+        ):
+            continue
         ok, evidence = holds(row.when, record)
         if ok:
             return row, evidence
@@ -317,6 +337,10 @@ def _finding(
     facts: dict[str, Any] = {"drug": order, "renal": record_renal(evidence), **(row.params or {})}
     if other is not None:
         facts["other"] = other
+    if row.min_daily_dose or row.unread_daily_dose:
+        dose = prednisone_equivalent(order)
+        if dose is not None:
+            facts["daily_dose"] = dose.mg  # prednisone-equivalent mg per day, as read
     if evidence:
         facts["criterion"] = evidence[0]
     listed = [e for e in evidence if not isinstance(e, RenalStatus)]
