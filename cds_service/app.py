@@ -9,15 +9,18 @@ from flask import Flask
 from cds_service import web
 from cds_service.devtools import preview
 from cds_service.engine import CdsEngine
+from cds_service.errors import StoreUnavailable
 from cds_service.observability import configure_logging
 from cds_service.settings import Settings
 from cds_service.store import Store
+from cds_service.store_guard import GuardedStore
 from cds_service.trust import JwtVerifier, load_issuers
 
 log = logging.getLogger("cds_service")
+BOOT_SCHEMA_SECONDS = 5.0  # the longest a starting worker waits for the schema
 
 
-def _verifier(settings: Settings, store: Store) -> JwtVerifier | None:
+def _verifier(settings: Settings, store: GuardedStore) -> JwtVerifier | None:
     """The JWT verifier of this worker, or None when authentication is off (development)."""
     if settings.auth != "jwt":
         log.warning(
@@ -39,8 +42,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app; with no settings, read them from the environment."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
-    store = Store.from_url(settings.database_url)
-    store.create_schema()
+    # A worker boots without the database: the schema is created when the store answers
+    # (store_guard.py); /readyz says what is missing meanwhile.
+    store = GuardedStore(
+        Store.from_url(settings.database_url),
+        deadline=settings.store_deadline_ms / 1000,
+        retry_after=settings.store_retry_seconds,
+        buffer_limit=settings.issued_buffer,
+    )
+    try:
+        ready = store.call_within(BOOT_SCHEMA_SECONDS, store.ensure_schema)
+    except StoreUnavailable:
+        ready = False
+    if not ready:
+        log.error("the store did not answer at start-up: serving without it until it does")
 
     app = Flask(__name__, static_folder=None)  # a JSON API: no static files
     # "//cds-services" is not a route: a 404 in JSON, not a redirect with an HTML body.

@@ -17,7 +17,7 @@ from typing import Any
 
 from cds_service import rules
 from cds_service.cards import INDICATORS, Renderer, load_library, proposed_valuesets
-from cds_service.errors import InputError, NotFound, PrefetchUnavailable
+from cds_service.errors import InputError, NotFound, PrefetchUnavailable, StoreUnavailable
 from cds_service.fhir import prefetch
 from cds_service.fhir.client import FhirFetcher
 from cds_service.fhir.coerce import parse_datetime
@@ -32,6 +32,7 @@ from cds_service.rules import card_set, coherence, data_notes, info_card
 from cds_service.rules.base import Finding
 from cds_service.settings import DEVELOPMENT_HASH_KEY, Settings
 from cds_service.store import FeedbackEntry, IssuedCard, Store
+from cds_service.store_guard import GuardedStore
 from cds_service.suppression import (
     SnoozePolicy,
     Suppression,
@@ -41,6 +42,7 @@ from cds_service.suppression import (
 from cds_service.terminology import Terminology
 
 log = logging.getLogger(__name__)
+MAX_FEEDBACK_ENTRIES = 100  # as the feedback schema's maxItems
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,19 @@ class Evaluation:
 
 
 class CdsEngine:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store | GuardedStore) -> None:
         self.settings = settings
-        self.store = store
+        # The store as the calls see it: bounded waits, never a reason to withhold a card.
+        self.store = (
+            store
+            if isinstance(store, GuardedStore)
+            else GuardedStore(
+                store,
+                deadline=settings.store_deadline_ms / 1000,
+                retry_after=settings.store_retry_seconds,
+                buffer_limit=settings.issued_buffer,
+            )
+        )
         self.terminology = Terminology.load()
         self.library = load_library(settings.cards_dir, self.terminology)
         self.renderer = Renderer(self.library)
@@ -71,7 +83,7 @@ class CdsEngine:
         thresholds()  # read once now, not during the first request
         warm_up()
         self.suppression = Suppression(
-            store,
+            self.store,
             settings.hash_key,
             timedelta(minutes=settings.repeat_window_minutes),
             SnoozePolicy.from_settings(settings),
@@ -84,6 +96,8 @@ class CdsEngine:
         self.hooks = {s.id: s.hook for s in self.services.values()}  # service id -> hook
         # Prometheus metrics (None with CDS_METRICS=off): label values come from this catalogue.
         self.metrics: Metrics | None = create_metrics(self.hooks) if settings.metrics else None
+        if self.metrics is not None:
+            self.store.on_fallback = self.metrics.store_fallback
         self.fetcher = FhirFetcher(
             settings.fhir_timeout_ms / 1000,
             settings.fhir_deadline_ms / 1000,
@@ -189,6 +203,8 @@ class CdsEngine:
         self._record(issued)
         try:
             self.suppression.remember(service.hook, patient_id, encounter_id, findings, now)
+        except StoreUnavailable:
+            pass  # the outage was logged once by the store guard
         except Exception as exc:  # noqa: BLE001 - memory is best effort
             log.error("could not remember cautions: %s", type(exc).__name__)
         return Evaluation({"cards": [cards[i] for i in order]}, issued)
@@ -230,6 +246,8 @@ class CdsEngine:
         """Drop repeats and snoozed cards; if the store cannot say, show everything."""
         try:
             return self.suppression.filter(hook, patient_id, encounter_id, findings, now)
+        except StoreUnavailable:
+            return findings  # failing open; the outage was logged once by the store guard
         except Exception as exc:  # noqa: BLE001 - failing open: a clinician sees the card
             log.error("could not check repeats or snoozes: %s", type(exc).__name__)
             return findings
@@ -258,6 +276,12 @@ class CdsEngine:
         Every entry must name a card this service issued; nothing is stored unless all are valid.
         """
         service = self.service(service_id)
+        entries_sent = body.get("feedback")
+        if isinstance(entries_sent, list) and len(entries_sent) > MAX_FEEDBACK_ENTRIES:
+            # Refused before any entry is read (the schema says the same, entry by entry).
+            raise InputError(
+                f"at most {MAX_FEEDBACK_ENTRIES} feedback entries per call", path="feedback"
+            )
         require("feedback", body)
         received = self.settings.now()
         entries = []
@@ -285,15 +309,18 @@ class CdsEngine:
                     received_at=received,
                 )
             )
-        self.store.record_feedback(entries)
+        stored = self.store.record_feedback(entries)  # StoreUnavailable: 503, nothing stored
         for entry, item in zip(entries, body["feedback"], strict=True):
-            if entry.outcome == "overridden":
+            if entry.outcome == "overridden" and entry in stored:  # not again for a resend
                 issued = self.store.issued(entry.card_uuid)
                 assert issued is not None
                 explained = override_explained(item.get("overrideReason"))
-                self.suppression.snooze_after_override(
-                    issued, service.hook, received, reason=explained
-                )
+                try:
+                    self.suppression.snooze_after_override(
+                        issued, service.hook, received, reason=explained
+                    )
+                except StoreUnavailable:
+                    log.warning("feedback stored, but its snooze could not be: store unavailable")
         return len(entries)
 
     def _record(self, issued: tuple[IssuedCard, ...]) -> None:

@@ -43,6 +43,11 @@ class UnsupportedMediaType(InputError):
     code = "not-supported"
 
 
+class PayloadTooLarge(InputError):
+    status = 413
+    code = "too-long"
+
+
 class PrefetchUnavailable(InputError):
     """Required FHIR data was neither prefetched nor obtainable (CDS Hooks: 412)."""
 
@@ -58,4 +63,18 @@ class PrefetchUnavailable(InputError):
         super().__init__(
             f"Cannot evaluate: prefetch key(s) {names} {reason}.",
             path=", ".join(f"prefetch.{k}" for k in keys),
+        )
+
+
+class StoreUnavailable(InputError):
+    """The store (database) did not answer in time or failed: what needs it (feedback, its
+    summary) is refused with 503 and ``Retry-After``; hook calls go on without it."""
+
+    status = 503
+    code = "transient"
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = max(1, round(retry_after))
+        super().__init__(
+            f"the store is unavailable; nothing was stored, retry in {self.retry_after} s"
         )

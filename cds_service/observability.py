@@ -145,12 +145,25 @@ class Metrics:
             registry=registry,
         )
 
+        self.store_fallbacks = Counter(
+            "cds_store_fallback_total",
+            "Store operations a call did without (issue 15): the JWT replay check kept in the "
+            "process's memory (jti), issued cards buffered for later (issued), buffered cards "
+            "dropped because the buffer was full (dropped).",
+            ("kind",),
+            registry=registry,
+        )
+
     # ------------------------------------------------------------------------- labels
 
     def service_labels(self, service_id: str | None) -> tuple[str, str]:
         return service_labels(self.services, service_id)
 
     # ------------------------------------------------------------------------- observations
+
+    @_never_raises
+    def store_fallback(self, kind: str) -> None:
+        self.store_fallbacks.labels(kind).inc()
 
     @_never_raises
     def request(self, route: str, service_id: str | None, status: int, seconds: float) -> None:

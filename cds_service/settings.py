@@ -28,6 +28,9 @@ INTEGER_SETTINGS = (
     ("CDS_FHIR_PAGE_LIMIT", "fhir_page_limit"),
     ("CDS_REPEAT_WINDOW_MINUTES", "repeat_window_minutes"),
     ("CDS_RISK_SCREENING_INTERVAL_DAYS", "risk_screening_interval_days"),
+    ("CDS_STORE_DEADLINE_MS", "store_deadline_ms"),
+    ("CDS_STORE_RETRY_SECONDS", "store_retry_seconds"),
+    ("CDS_ISSUED_BUFFER", "issued_buffer"),
 )
 DEVELOPMENT_HASH_KEY = "calcinosis-cds-development-key"
 
@@ -102,6 +105,11 @@ class Settings:
     fhir_timeout_ms: int = 800
     fhir_deadline_ms: int = 1200
     fhir_page_limit: int = 10
+    # The longest a call waits for the store (then it goes on without it), how long a store
+    # that failed is left alone, and how many issued cards are kept for it meanwhile.
+    store_deadline_ms: int = 500
+    store_retry_seconds: int = 5
+    issued_buffer: int = 10_000
     # Key of the HMACs that stand for patients in the store; set your own in production.
     hash_key: str = field(default=DEVELOPMENT_HASH_KEY, repr=False)
     repeat_window_minutes: int = 60  # order-select caution not repeated at order-sign
@@ -151,6 +159,9 @@ class Settings:
             ("CDS_FHIR_PAGE_LIMIT", self.fhir_page_limit),
             ("CDS_REPEAT_WINDOW_MINUTES", self.repeat_window_minutes),
             ("CDS_MAX_JSON_DEPTH", self.max_json_depth),
+            ("CDS_STORE_DEADLINE_MS", self.store_deadline_ms),
+            ("CDS_STORE_RETRY_SECONDS", self.store_retry_seconds),
+            ("CDS_ISSUED_BUFFER", self.issued_buffer),
         ):
             if value < 1:
                 raise SettingsError(f"{name} must be a positive integer")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.pool import StaticPool
 
 metadata = MetaData()
 
@@ -99,6 +101,13 @@ feedback = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MIN_FREE_BYTES = 10 * 1024 * 1024  # an SQLite disk with less is reported not ready
+# Bounded waits inside the database driver too (the service's own deadline is shorter, see
+# store_guard.py): a connection attempt, an SQLite lock, a PostgreSQL statement.
+SQLITE_BUSY_SECONDS = 5
+PG_CONNECT_SECONDS = 3
+PG_STATEMENT_MS = 5000
 JTI_SWEEP_INTERVAL = timedelta(minutes=1)  # expired jtis are deleted at most this often
 
 # JWT ids already accepted (replay protection, see cds_service/trust.py): only a hash of
@@ -169,17 +178,33 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 15})
+        if not parsed.database or parsed.database == ":memory:":
+            # One in-memory database for every thread (the store guard's threads included).
+            engine = create_engine(
+                url, connect_args={"check_same_thread": False}, poolclass=StaticPool
+            )
+        else:
+            engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=15000")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # Options the URL already gives (a search_path...) are kept, the statement timeout added.
+    given = parsed.query.get("options", "")
+    options = " ".join(
+        [*([given] if isinstance(given, str) else given), f"-c statement_timeout={PG_STATEMENT_MS}"]
+    )
+    return create_engine(
+        parsed.difference_update_query(["options"]),
+        pool_pre_ping=True,
+        pool_timeout=PG_CONNECT_SECONDS,
+        connect_args={"connect_timeout": PG_CONNECT_SECONDS, "options": options.strip()},
+    )
 
 
 class Store:
@@ -219,6 +244,28 @@ class Store:
                 with contextlib.suppress(DBAPIError), self.engine.begin() as conn:
                     conn.execute(text(statement))
 
+    def write_problem(self) -> str | None:
+        """Why the store cannot be written, or None: a read-only database (an SQLite file or a
+        PostgreSQL standby), or an SQLite disk with less than 10 MB free."""
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name == "sqlite":
+                try:  # a row written and rolled back: a read-only file refuses it
+                    with conn.begin() as probe:
+                        conn.execute(
+                            insert(seen_jtis).values(key="readiness-probe", expires_at=_EPOCH)
+                        )
+                        probe.rollback()
+                except DBAPIError as exc:
+                    return f"not writable: {type(exc.orig).__name__}"
+                path = self.engine.url.database
+                if path and path != ":memory:":
+                    free = shutil.disk_usage(Path(path).expanduser().parent).free
+                    if free < MIN_FREE_BYTES:
+                        return f"disk almost full: {free // 1024} KiB free"
+                return None
+            read_only = conn.execute(text("SHOW transaction_read_only")).scalar()
+            return "read-only (a standby?)" if read_only == "on" else None
+
     def healthy(self) -> bool:
         try:
             with self.engine.connect() as conn:
@@ -257,12 +304,26 @@ class Store:
             ).all()
         return {r.subject_key for r in rows if as_utc(r.issued_at) >= since}
 
-    def record_feedback(self, entries: Iterable[FeedbackEntry]) -> None:
-        """Store feedback entries, all or none."""
-        rows = [entry.__dict__ for entry in entries]
-        if rows:
-            with self.engine.begin() as conn:
-                conn.execute(insert(feedback), rows)
+    def record_feedback(self, entries: Iterable[FeedbackEntry]) -> list[FeedbackEntry]:
+        """Store feedback entries, all or none, once: an entry already stored (the same card,
+        outcome and outcome time: a client that sends its feedback again) is not stored twice.
+        Returns the entries stored by this call."""
+        fresh: dict[tuple[str, str, datetime], FeedbackEntry] = {}
+        for entry in entries:
+            fresh.setdefault((entry.card_uuid, entry.outcome, as_utc(entry.outcome_at)), entry)
+        if not fresh:
+            return []
+        with self.engine.begin() as conn:
+            stored = conn.execute(
+                select(feedback.c.card_uuid, feedback.c.outcome, feedback.c.outcome_at).where(
+                    feedback.c.card_uuid.in_({uuid for uuid, _, _ in fresh})
+                )
+            ).all()
+            for row in stored:
+                fresh.pop((row.card_uuid, row.outcome, as_utc(row.outcome_at)), None)
+            if fresh:
+                conn.execute(insert(feedback), [entry.__dict__ for entry in fresh.values()])
+        return list(fresh.values())
 
     def feedback_for(self, card_uuid: str) -> list[FeedbackEntry]:
         """The feedback stored on one card, in the order received. The service itself reads

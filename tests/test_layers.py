@@ -24,6 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     P + "settings": set(),
     P + "observability": set(),
     P + "store": set(),
+    P + "store_guard": {P + "errors", P + "store"},
     P + "urls": set(),
     P + "trust": {P + "urls"},
     P + "terminology": set(),
@@ -36,6 +37,7 @@ ALLOWED: dict[str, set[str]] = {
     P + "engine": {
         *(P + u for u in ("errors", "settings", "observability", "store", "terminology")),
         *(P + u for u in ("hooks", "fhir", "knowledge", "rules", "cards", "suppression")),
+        P + "store_guard",
     },
     P + "web": {
         *(P + u for u in ("engine", "errors", "hooks", "observability", "settings")),
@@ -47,7 +49,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     P + "app": {
         *(P + u for u in ("web", "devtools", "engine", "observability", "settings", "store")),
-        P + "trust",
+        *(P + u for u in ("trust", "errors", "store_guard")),
     },
     P + "gunicorn_conf": {P + "observability"},
     P + "__main__": {P + "devtools"},

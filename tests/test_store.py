@@ -84,11 +84,12 @@ def test_cards_are_returned_even_if_the_store_fails(tmp_path: Path) -> None:
 
 def test_healthz_reports_an_unreachable_database(tmp_path: Path) -> None:
     app = create_app(make_settings(tmp_path))
-    app.extensions["cds_engine"].store.engine.dispose()
-    app.extensions["cds_engine"].store.healthy = lambda: False  # type: ignore[method-assign]
+    # A database file that cannot be opened (the path is a directory).
+    app.extensions["cds_engine"].store.store = Store.from_url(f"sqlite:///{tmp_path}")
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
     assert response.json["status"] == "unavailable"
+    assert response.json["checks"]["store"] == "unavailable"
 
 
 def test_concurrent_schema_creation_is_tolerated(database_url: str) -> None:

@@ -203,7 +203,7 @@ class KnowledgeChecks:
             )
             engine = CdsEngine(settings, Store.from_url(settings.database_url))
             try:
-                engine.store.create_schema()
+                engine.store.ensure_schema()
                 for fixture in (f for f in found if f.as_of == as_of):
                     service = next(s for s in engine.services.values() if s.hook == fixture.hook)
                     issued = engine.evaluate(service.id, fixture.request(), "en").issued

@@ -206,7 +206,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     )
     engine = CdsEngine(settings, Store.from_url(settings.database_url))
     try:
-        engine.store.create_schema()
+        engine.store.ensure_schema()
         hook = source.get("hook") if isinstance(source, Mapping) else None
         service = engine.service(_service_id(args, engine.services, hook))
         request = _request(args, service, source)

@@ -10,7 +10,7 @@ from typing import Any
 from flask import current_app, request
 
 from cds_service.engine import CdsEngine
-from cds_service.errors import InputError, UnsupportedMediaType
+from cds_service.errors import InputError, PayloadTooLarge, UnsupportedMediaType
 from cds_service.hooks.validation import json_nesting_depth
 from cds_service.settings import SUPPORTED_LANGUAGES
 
@@ -22,15 +22,21 @@ def engine() -> CdsEngine:
     return current_app.extensions["cds_engine"]
 
 
-def json_body() -> dict[str, Any]:
-    """The request's JSON object: media type, size (413 past MAX_CONTENT_LENGTH), nesting
-    depth, syntax and UTF-8 checked, each refusal naming where the body is wrong."""
+def json_body(max_bytes: int | None = None) -> dict[str, Any]:
+    """The request's JSON object: media type, size (413 past MAX_CONTENT_LENGTH, or past
+    `max_bytes` for a smaller kind of body), nesting depth, syntax and UTF-8 checked, each
+    refusal naming where the body is wrong."""
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(
             "Content-Type must be application/json", path="header Content-Type"
         )
+    too_large = f"body is larger than {max_bytes} bytes" if max_bytes else ""
+    if max_bytes and (request.content_length or 0) > max_bytes:
+        raise PayloadTooLarge(too_large, path="$")  # refused before it is read
     raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    if max_bytes and len(raw) > max_bytes:
+        raise PayloadTooLarge(too_large, path="$")  # a chunked body: no length announced
     limit = engine().settings.max_json_depth
     if json_nesting_depth(raw, limit) > limit:
         raise InputError(f"body nests deeper than {limit} levels", path="$")

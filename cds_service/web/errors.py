@@ -7,9 +7,10 @@ import logging
 import traceback
 
 from flask import Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import RequestRedirect
 
-from cds_service.errors import InputError, outcome_body
+from cds_service.errors import InputError, StoreUnavailable, outcome_body
 
 log = logging.getLogger("cds_service.http")
 
@@ -26,7 +27,19 @@ def operation_outcome(status: int, code: str, message: str, path: str | None) ->
 def _input_error(exc: InputError) -> Response:
     # The log line of the call names where the input was wrong, never what it held.
     g.setdefault("log_fields", {}).update(error=exc.code, error_path=exc.path)
-    return operation_outcome(exc.status, exc.code, exc.message, exc.path)
+    response = operation_outcome(exc.status, exc.code, exc.message, exc.path)
+    if isinstance(exc, StoreUnavailable):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def _no_redirect() -> Response | None:
+    """A path the router would redirect ("//cds-services", a missing or extra slash) is not an
+    endpoint of this API: 404 in JSON, as any unknown path (Flask answers routing redirects
+    itself, before any error handler)."""
+    if isinstance(request.routing_exception, RequestRedirect):
+        return operation_outcome(404, "not-found", "no such endpoint; see GET /cds-services", None)
+    return None
 
 
 def _http_error(exc: HTTPException) -> Response:
@@ -36,7 +49,10 @@ def _http_error(exc: HTTPException) -> Response:
         405: f"method {request.method} is not allowed here",
         413: f"request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes",
     }.get(status, exc.description or exc.name)
-    return operation_outcome(status, ISSUE_CODES.get(status, "processing"), message, None)
+    response = operation_outcome(status, ISSUE_CODES.get(status, "processing"), message, None)
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+    return response
 
 
 def _unexpected(exc: Exception) -> Response:
@@ -55,6 +71,7 @@ def _unexpected(exc: Exception) -> Response:
 
 
 def init_app(app: Flask) -> None:
+    app.before_request(_no_redirect)
     app.register_error_handler(InputError, _input_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

@@ -68,7 +68,10 @@ def authenticate() -> Response | None:
         g.client = verifier.verify(request.headers.get("Authorization"), base + request.path)
     except AuthError as exc:
         log.warning("refused a call to %s: %s", request.path, exc.reason)
-        return Response(status=401, headers={"WWW-Authenticate": "Bearer"})
+        # An empty body, typed as the rest of the API (never an HTML page).
+        return Response(
+            status=401, headers={"WWW-Authenticate": "Bearer"}, content_type="application/json"
+        )
     return None
 
 

@@ -1,4 +1,4 @@
-"""The operations routes: the OpenAPI description, Prometheus metrics and the health check."""
+"""The operations routes: the OpenAPI description, Prometheus metrics, liveness and readiness."""
 
 from __future__ import annotations
 
@@ -37,12 +37,27 @@ def metrics() -> Response:
     return Response(body, content_type=content_type)
 
 
-@bp.get("/healthz")
-def healthz() -> Response:
+@bp.get("/livez")
+def livez() -> Response:
+    """Liveness: the process answers. Nothing else is checked (a database outage must not get
+    the workers restarted: they answer without it)."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+@bp.get("/healthz")  # the older name, kept: the same answer as /readyz
+def readyz() -> Response:
+    """Readiness: the store answers and can be written, its schema is in place, the knowledge
+    is loaded; 503 with the reasons in JSON otherwise."""
     cds = engine()
-    ok = cds.store.healthy()
+    store = cds.store.readiness()
+    ready = bool(store.pop("ready"))
     response = jsonify(
-        {"status": "ok" if ok else "unavailable", "knowledgeVersion": cds.knowledge_version}
+        {
+            "status": "ok" if ready else "unavailable",
+            "knowledgeVersion": cds.knowledge_version,
+            "checks": store,
+        }
     )
-    response.status_code = 200 if ok else 503
+    response.status_code = 200 if ready else 503
     return response

@@ -12,6 +12,9 @@ from cds_service.web.body import engine, json_body, negotiate_language
 from cds_service.web.middleware import measure
 
 bp = Blueprint("cds_hooks", __name__)
+# A feedback body is small (at most 100 entries of a few hundred bytes): a larger one is refused
+# before it is read or validated.
+FEEDBACK_MAX_BYTES = 256 * 1024
 
 
 @bp.get("/cds-services")
@@ -45,7 +48,7 @@ def invoke(service_id: str) -> Response:
 def feedback(service_id: str) -> Response:
     cds = engine()
     cds.service(service_id)
-    body = json_body()
+    body = json_body(max_bytes=FEEDBACK_MAX_BYTES)
     stored = cds.receive_feedback(service_id, body)
     outcomes = [item["outcome"] for item in body["feedback"]]  # validated: accepted/overridden
     g.log_fields.update(entries=stored, outcomes=dict(Counter(outcomes)))

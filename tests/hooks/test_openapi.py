@@ -113,9 +113,11 @@ def test_document_lists_exactly_the_flask_routes(app: Flask) -> None:
 def test_documented_statuses() -> None:
     service = "/cds-services/calcinosis-order-sign"
     assert documented_statuses(service, "POST") == {200, 400, 401, 404, 412, 413, 415}
-    assert documented_statuses(service + "/feedback", "POST") == {200, 400, 401, 404, 413, 415}
-    assert documented_statuses(service + "/feedback/summary", "HEAD") == {200, 401, 404}
+    assert documented_statuses(service + "/feedback", "POST") == {200, 400, 401, 404, 413, 415, 503}
+    assert documented_statuses(service + "/feedback/summary", "HEAD") == {200, 401, 404, 503}
     assert documented_statuses("/healthz", "GET") == {200, 503}
+    assert documented_statuses("/readyz", "GET") == {200, 503}
+    assert documented_statuses("/livez", "GET") == {200}
     assert documented_statuses("/healthz", "OPTIONS") == {200, 204}
     assert documented_statuses("/cds-services", "DELETE") == {405}
     assert documented_statuses("/nowhere", "GET") == {404}

@@ -1,0 +1,342 @@
+"""The store as a hook call sees it: bounded waits, an outage breaker, a buffer of issued cards.
+
+Clinical answers never wait for the database (issue 15). Every store operation of a call runs
+on a small pool of threads and is waited for at most ``deadline`` seconds
+(CDS_STORE_DEADLINE_MS). Past it, or on a database error, the store is held *down* for
+``retry_after`` seconds (CDS_STORE_RETRY_SECONDS): meanwhile no call waits for it at all, and
+
+- repeat and snooze look-ups fail open (the cards are shown: the engine catches the error);
+- issued cards are kept in a bounded buffer and written when the store answers again (a
+  background thread retries), so feedback on them is accepted once they are written; feedback
+  looks in the buffer first, so the cards the store has not yet seen are not "not issued";
+- the JWT replay check falls back to this process's memory (announced in a log line and the
+  ``cds_store_fallback_total{kind="jti"}`` metric, never silently);
+- feedback and its summary raise `StoreUnavailable`: 503 with ``Retry-After``, nothing stored
+  (all or none, as before).
+
+A worker also boots when the database is down: the schema is created when the store first
+answers (`ensure_schema`), and `readiness` says what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from cds_service.errors import StoreUnavailable
+from cds_service.store import FeedbackEntry, IssuedCard, Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+POOL_SIZE = 4  # store operations waiting at once; more fail at once (the store is slow)
+BATCH = 500  # issued cards written per statement by the background writer
+# What a store failure can be: the database's errors, and the OS's (a full disk, a socket).
+STORE_ERRORS = (SQLAlchemyError, OSError)
+
+
+class GuardedStore:
+    """A `Store` whose operations never keep a hook call waiting past a deadline."""
+
+    def __init__(
+        self,
+        store: Store,
+        deadline: float = 0.5,
+        retry_after: float = 5.0,
+        buffer_limit: int = 10_000,
+        on_fallback: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.deadline = deadline
+        self.retry_after = retry_after
+        self.buffer_limit = buffer_limit
+        self.on_fallback = on_fallback  # metrics: called with "jti", "issued", "dropped"...
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._pending: OrderedDict[str, IssuedCard] = OrderedDict()  # not yet in the store
+        self._in_flight: set[str] = set()
+        self._dropped = 0
+        self._jtis: dict[str, float] = {}  # fallback replay memory: key -> expiry (epoch s)
+        self._schema_ready = False
+        self._start_threads()
+
+    def _start_threads(self) -> None:
+        self._pid = os.getpid()
+        self._pool = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="cds-store")
+        self._slots = threading.BoundedSemaphore(POOL_SIZE)
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+
+    def _forked(self) -> None:
+        """Threads do not survive a fork: a forked worker starts its own."""
+        if os.getpid() != self._pid:
+            self._start_threads()
+
+    # ------------------------------------------------------------------ the breaker
+
+    @property
+    def down(self) -> bool:
+        return self._clock() < self._down_until
+
+    def _trip(self, reason: str) -> None:
+        with self._lock:
+            was_up = not self.down
+            self._down_until = self._clock() + self.retry_after
+        if was_up:
+            log.warning(
+                "store unavailable (%s): answering without it for %.0f s",
+                reason,
+                self.retry_after,
+            )
+
+    def _fallback(self, kind: str) -> None:
+        if self.on_fallback is not None:
+            try:
+                self.on_fallback(kind)
+            except Exception:  # noqa: BLE001 - a metric never breaks a call
+                log.debug("fallback metric failed")
+
+    def call(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one store operation, waiting at most `deadline`; raise StoreUnavailable when the
+        store is down, busy, slow or failing."""
+        return self.call_within(self.deadline, operation, *args, **kwargs)
+
+    def call_within(
+        self, seconds: float, operation: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        self._forked()
+        if self.down:
+            raise StoreUnavailable(self.retry_after)
+        if not self._slots.acquire(blocking=False):
+            raise StoreUnavailable(self.retry_after)  # every thread waits on a slow store
+
+        def run() -> T:
+            try:
+                return operation(*args, **kwargs)
+            finally:
+                self._slots.release()
+
+        future = self._pool.submit(run)
+        try:
+            return future.result(timeout=seconds)
+        except FutureTimeout:
+            self._trip("no answer within the deadline")
+            raise StoreUnavailable(self.retry_after) from None
+        except STORE_ERRORS as exc:
+            self._trip(type(exc).__name__)
+            raise StoreUnavailable(self.retry_after) from exc
+
+    # ------------------------------------------------------------------ schema
+
+    def ensure_schema(self) -> bool:
+        """Create the schema if the store answers; False (logged once) when it does not: the
+        worker serves anyway, and the schema is created when the store is back."""
+        if self._schema_ready:
+            return True
+        try:
+            self.store.create_schema()
+        except STORE_ERRORS as exc:
+            self._trip(f"schema not created: {type(exc).__name__}")
+            return False
+        self._schema_ready = True
+        return True
+
+    # ------------------------------------------------------------------ issued cards
+
+    def record_issued(self, cards: Iterable[IssuedCard]) -> None:
+        """Keep the issued cards: written now if the store answers within the deadline, else
+        buffered (at most `buffer_limit`, the oldest dropped and counted) and written later."""
+        self._forked()
+        batch = list(cards)
+        if not batch:
+            return
+        with self._lock:
+            for card in batch:
+                self._pending[card.uuid] = card
+            while len(self._pending) > self.buffer_limit:
+                self._pending.popitem(last=False)
+                self._dropped += 1
+                self._fallback("dropped")
+            if self._dropped and self._dropped % 1000 == 1:
+                log.error("issued-card buffer full: %d card(s) dropped so far", self._dropped)
+        if not self._schema_answers() or not self._slots.acquire(blocking=False):
+            self._fallback("issued")
+            self._start_writer()
+            return
+        future: Future[None] = self._pool.submit(self._write_released, batch)
+        try:
+            future.result(timeout=self.deadline)
+        except FutureTimeout:
+            self._trip("issued cards not written within the deadline")
+        except STORE_ERRORS:
+            pass  # tripped by _write; the cards stay buffered
+        if self.pending_count:
+            self._fallback("issued")
+            self._start_writer()
+
+    def _schema_answers(self) -> bool:
+        """The store is up and has its schema (created now if need be, within the deadline)."""
+        if self.down:
+            return False
+        if self._schema_ready:
+            return True
+        try:
+            return self.call(self.ensure_schema)
+        except StoreUnavailable:
+            return False
+
+    def _write_released(self, batch: list[IssuedCard]) -> None:
+        try:
+            self._write(batch)
+        finally:
+            self._slots.release()
+
+    def _write(self, batch: list[IssuedCard]) -> None:
+        """Write these cards (those still pending and not being written by another thread)."""
+        with self._lock:
+            todo = [c for c in batch if c.uuid in self._pending and c.uuid not in self._in_flight]
+            self._in_flight.update(c.uuid for c in todo)
+        if not todo:
+            return
+        try:
+            try:
+                self.store.record_issued(todo)
+            except IntegrityError:  # some were written by an attempt that seemed to fail
+                self.store.record_issued([c for c in todo if self.store.issued(c.uuid) is None])
+        except STORE_ERRORS as exc:
+            self._trip(type(exc).__name__)
+            raise
+        else:
+            with self._lock:
+                for card in todo:
+                    self._pending.pop(card.uuid, None)
+        finally:
+            with self._lock:
+                self._in_flight.difference_update(c.uuid for c in todo)
+
+    def _start_writer(self) -> None:
+        with self._lock:
+            if self._writer is not None and self._writer.is_alive():
+                self._wake.set()
+                return
+            self._writer = threading.Thread(
+                target=self._drain, name="cds-issued-writer", daemon=True
+            )
+            self._writer.start()
+
+    def _drain(self) -> None:
+        """Write the buffered cards, in batches, until none is left; wait out outages."""
+        while True:
+            with self._lock:
+                batch = [c for u, c in self._pending.items() if u not in self._in_flight][:BATCH]
+                pending = len(self._pending)
+            if not pending:
+                return
+            wait = max(self._down_until - self._clock(), 0.0)
+            if wait or not batch:
+                self._wake.wait(timeout=wait or 0.05)
+                self._wake.clear()
+                continue
+            try:
+                if self.ensure_schema():
+                    self._write(batch)
+                    if not self.pending_count:
+                        log.info("store back: buffered issued cards written")
+            except STORE_ERRORS:
+                continue  # tripped: wait for the breaker
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every buffered card is written (tests, shutdown); True when none is left."""
+        end = time.monotonic() + timeout
+        while self.pending_count and time.monotonic() < end:
+            self._start_writer()
+            time.sleep(0.01)
+        return not self.pending_count
+
+    def issued(self, card_uuid: str) -> IssuedCard | None:
+        """The issued card, from the buffer if the store has not got it yet."""
+        with self._lock:
+            card = self._pending.get(card_uuid)
+        if card is not None:
+            return card
+        return self.call(self.store.issued, card_uuid)
+
+    # ------------------------------------------------------------------ JWT replay
+
+    def remember_jti(self, iss: str, jti: str, expires_at: datetime, now: datetime) -> bool:
+        """The store's replay check; when the store cannot answer, this process's memory (a
+        replay across workers is then not caught: announced, and counted)."""
+        try:
+            return self.call(self.store.remember_jti, iss, jti, expires_at, now)
+        except StoreUnavailable:
+            pass
+        self._fallback("jti")
+        log.warning("JWT replay check in this process's memory: the store did not answer")
+        key = f"{iss}\x1f{jti}"
+        stamp, until = now.timestamp(), expires_at.timestamp()
+        with self._lock:
+            for old in [k for k, t in self._jtis.items() if t <= stamp]:
+                del self._jtis[old]
+            if key in self._jtis:
+                return False
+            if len(self._jtis) >= self.buffer_limit:
+                self._jtis.pop(next(iter(self._jtis)))
+            self._jtis[key] = until
+        return True
+
+    # ------------------------------------------------------------------ the rest
+
+    def record_feedback(self, entries: Iterable[FeedbackEntry]) -> list[FeedbackEntry]:
+        return self.call(self.store.record_feedback, list(entries))
+
+    def readiness(self) -> dict[str, Any]:
+        """What the readiness route reports: whether the store answers and can be written, the
+        schema, and the cards waiting to be written."""
+        state: dict[str, Any] = {"pendingIssuedCards": self.pending_count}
+        if self._dropped:
+            state["droppedIssuedCards"] = self._dropped
+        try:
+            if not self.down and not self._schema_ready:
+                self.call(self.ensure_schema)
+            problem = self.call(self.store.write_problem)
+        except StoreUnavailable:
+            state["store"] = "unavailable"
+            state["ready"] = False
+            return state
+        state["schema"] = "ok" if self._schema_ready else "missing"
+        state["store"] = problem or "ok"
+        state["ready"] = problem is None and self._schema_ready
+        return state
+
+    def dispose(self) -> None:
+        self.flush(timeout=2.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.store.dispose()
+
+    def __getattr__(self, name: str) -> Any:
+        """Every other operation (suppression's look-ups, snoozes, cautions, the feedback
+        summary) runs through `call`; plain attributes are the store's."""
+        attribute = getattr(self.store, name)
+        if not callable(attribute):
+            return attribute
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            return self.call(attribute, *args, **kwargs)
+
+        return guarded
