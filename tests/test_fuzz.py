@@ -350,6 +350,8 @@ SERVICE_SEGMENTS = st.one_of(
 PATHS = st.one_of(
     st.just("/cds-services"),
     st.just("/healthz"),
+    st.just("/livez"),
+    st.just("/readyz"),
     st.just("/openapi.json"),
     st.just("/metrics"),
     st.sampled_from(["/preview/fixtures", "/preview/requests", "/preview/", "/preview"]),
@@ -409,6 +411,8 @@ ROUTE_PATHS = [
     *(f"/cds-services/{sid}/feedback" for sid in SERVICE_IDS),
     *(f"/cds-services/{sid}/feedback/summary" for sid in SERVICE_IDS),
     "/healthz",
+    "/livez",
+    "/readyz",
     "/metrics",
     "/openapi.json",
     "/preview/fixtures",
