@@ -79,6 +79,26 @@ def load_expected(name: str, hook: str = "patient-view") -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def card_kinds(name: str, hook: str = "patient-view") -> set[tuple[str, str | None]]:
+    """The (rule, variant) of each card a fixture expects; ("silent", None) for no card."""
+    cards = load_expected(name, hook)["cards"]
+    return {(c["rule"], c.get("variant")) for c in cards} or {("silent", None)}
+
+
+def representatives(hook: str = "patient-view") -> list[str]:
+    """Fixtures of `hook` that between them give every card kind its fixtures give: each
+    fixture, in name order, that gives a kind none before it gave. The suites that run a
+    fixture through a costly path (a FHIR server, the command line, DEBUG logs, French) run
+    these; the cheap ones and the golden cards run every fixture."""
+    chosen: list[str] = []
+    seen: set[tuple[str, str | None]] = set()
+    for name in fixture_names(hook):
+        if not card_kinds(name, hook) <= seen:
+            chosen.append(name)
+            seen |= card_kinds(name, hook)
+    return chosen
+
+
 def assert_valid_response(body: Any) -> None:
     """Every response the service produces must pass the CDS Hooks response schema."""
     problems = violations("response", body)

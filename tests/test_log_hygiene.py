@@ -30,11 +30,12 @@ from cds_service.observability import JsonFormatter, TextFormatter
 from tests.conftest import (
     FIXTURE_ROOT,
     SERVICES,
+    card_kinds,
     fhir_authorization,
     fixture_names,
-    load_expected,
     load_request,
     make_settings,
+    representatives,
 )
 from tests.fhir_stub import StubFhirServer, fhir
 
@@ -137,28 +138,8 @@ def test_the_detector_finds_leaks() -> None:
 # ----------------------------------------------------------------------------- the calls
 
 
-def card_kinds(name: str, hook: str) -> set[tuple[str, str | None]]:
-    """The (rule, variant) of each card a fixture expects; ("silent", None) for no card."""
-    cards = load_expected(name, hook)["cards"]
-    return {(c["rule"], c.get("variant")) for c in cards} or {("silent", None)}
-
-
 # The fetch and error calls are made for every ERROR_PATH_STRIDE-th representative only.
 ERROR_PATH_STRIDE = 4
-
-
-def representatives(hook: str) -> list[str]:
-    """Fixtures of `hook` that between them give every card kind its fixtures give: each
-    fixture, in name order, that gives a kind none before it gave. Each such fixture is also
-    sent in French and with feedback, and one in ERROR_PATH_STRIDE for a fetch and with errors,
-    so every code path runs."""
-    chosen: list[str] = []
-    seen: set[tuple[str, str | None]] = set()
-    for name in fixture_names(hook):
-        if not card_kinds(name, hook) <= seen:
-            chosen.append(name)
-            seen |= card_kinds(name, hook)
-    return chosen
 
 
 def test_the_representatives_give_every_card_kind() -> None:

@@ -171,6 +171,12 @@ def running_service(
             server.server_close()
 
 
+# Every test runs with JWT authentication on, as production requires; the patient-view test
+# also without it (development). A browser test costs seconds: the other combinations add
+# nothing the service tests do not already cover.
+JWT_ONLY = pytest.mark.parametrize("service", ["jwt"], indirect=True)
+
+
 @pytest.fixture(params=["open", "jwt"])
 def service(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -298,6 +304,7 @@ def test_patient_view_shows_the_critical_aluminium_card(
         shown(tab.page, card)
 
 
+@JWT_ONLY
 def test_rx_view_with_aluminium_hydroxide_shows_the_aluminium_card(
     browser: Browser, sandbox: str, fhir: str, service: Service
 ) -> None:
@@ -309,6 +316,7 @@ def test_rx_view_with_aluminium_hydroxide_shows_the_aluminium_card(
         shown(tab.page, card)
 
 
+@JWT_ONLY
 def test_rx_sign_with_aluminium_hydroxide_shows_the_aluminium_card(
     browser: Browser, sandbox: str, fhir: str, service: Service
 ) -> None:
@@ -325,6 +333,7 @@ def test_rx_sign_with_aluminium_hydroxide_shows_the_aluminium_card(
         shown(tab.page, card)
 
 
+@JWT_ONLY
 def test_accepting_a_suggestion_stores_feedback(
     browser: Browser, sandbox: str, fhir: str, service: Service
 ) -> None:

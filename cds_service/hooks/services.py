@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,13 @@ def _flatten(items: Any) -> list[str]:
     return [rule for item in items for rule in _flatten(item)]
 
 
+@cache
+def _read(path: Path) -> list[dict[str, Any]]:
+    """The parsed file, read once per process (each engine, e.g. each worker or test app,
+    builds its definitions from it)."""
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
 def load_services(
     terminology: Terminology,
     path: Path = SERVICES_FILE,
@@ -73,7 +81,7 @@ def load_services(
     """All service definitions, keyed by id; with `known_rules` (the engine passes its rule
     registry), a service naming any other rule is refused."""
     services: dict[str, ServiceDefinition] = {}
-    for raw in yaml.safe_load(path.read_text(encoding="utf-8")):
+    for raw in _read(path):
         rules = _flatten(raw["rules"])
         unknown = [r for r in rules if known_rules is not None and r not in known_rules]
         if unknown:
