@@ -286,7 +286,7 @@ class CdsEngine:
         received = self.settings.now()
         entries = []
         for i, item in enumerate(body["feedback"]):
-            issued = self.store.issued(item["card"])
+            issued = self.store.issued(item["card"], patient=True)
             if issued is None or issued.service_id != service.id:
                 raise InputError(
                     f"this card was not issued by {service.id}",
@@ -312,7 +312,7 @@ class CdsEngine:
         stored = self.store.record_feedback(entries)  # StoreUnavailable: 503, nothing stored
         for entry, item in zip(entries, body["feedback"], strict=True):
             if entry.outcome == "overridden" and entry in stored:  # not again for a resend
-                issued = self.store.issued(entry.card_uuid)
+                issued = self.store.issued(entry.card_uuid, patient=True)
                 assert issued is not None
                 explained = override_explained(item.get("overrideReason"))
                 try:

@@ -11,8 +11,9 @@ on a small pool of threads and is waited for at most ``deadline`` seconds
   looks in the buffer first, so the cards the store has not yet seen are not "not issued";
 - the JWT replay check falls back to this process's memory (announced in a log line and the
   ``cds_store_fallback_total{kind="jti"}`` metric, never silently);
-- feedback and its summary raise `StoreUnavailable`: 503 with ``Retry-After``, nothing stored
-  (all or none, as before).
+- feedback and its summary, which are no clinical answer, are tried anyway and waited for up to
+  PATIENT_SECONDS; if the store fails them they raise `StoreUnavailable`: 503 with
+  ``Retry-After``, nothing stored (all or none, as before).
 
 A worker also boots when the database is down: the schema is created when the store first
 answers (`ensure_schema`), and `readiness` says what is missing.
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 POOL_SIZE = 4  # store operations waiting at once; more fail at once (the store is slow)
 BATCH = 500  # issued cards written per statement by the background writer
+PATIENT_SECONDS = 5.0  # the longest feedback waits for the store (it is no clinical answer)
 # What a store failure can be: the database's errors, and the OS's (a full disk, a socket).
 STORE_ERRORS = (SQLAlchemyError, OSError)
 
@@ -113,11 +115,24 @@ class GuardedStore:
         store is down, busy, slow or failing."""
         return self.call_within(self.deadline, operation, *args, **kwargs)
 
+    def call_patiently(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """The same for what is no clinical answer (feedback, its snooze, the summary): tried
+        even while the store is held down, and waited for up to PATIENT_SECONDS; a failure
+        still raises StoreUnavailable (503, nothing stored)."""
+        return self.call_within(
+            max(self.deadline, PATIENT_SECONDS), operation, *args, respect_breaker=False, **kwargs
+        )
+
     def call_within(
-        self, seconds: float, operation: Callable[..., T], *args: Any, **kwargs: Any
+        self,
+        seconds: float,
+        operation: Callable[..., T],
+        *args: Any,
+        respect_breaker: bool = True,
+        **kwargs: Any,
     ) -> T:
         self._forked()
-        if self.down:
+        if respect_breaker and self.down:
             raise StoreUnavailable(self.retry_after)
         if not self._slots.acquire(blocking=False):
             raise StoreUnavailable(self.retry_after)  # every thread waits on a slow store
@@ -269,13 +284,15 @@ class GuardedStore:
             time.sleep(0.01)
         return not self.pending_count
 
-    def issued(self, card_uuid: str) -> IssuedCard | None:
-        """The issued card, from the buffer if the store has not got it yet."""
+    def issued(self, card_uuid: str, patient: bool = False) -> IssuedCard | None:
+        """The issued card, from the buffer if the store has not got it yet (`patient`: for
+        feedback, see `call_patiently`)."""
         with self._lock:
             card = self._pending.get(card_uuid)
         if card is not None:
             return card
-        return self.call(self.store.issued, card_uuid)
+        call = self.call_patiently if patient else self.call
+        return call(self.store.issued, card_uuid)
 
     # ------------------------------------------------------------------ JWT replay
 
@@ -303,7 +320,13 @@ class GuardedStore:
     # ------------------------------------------------------------------ the rest
 
     def record_feedback(self, entries: Iterable[FeedbackEntry]) -> list[FeedbackEntry]:
-        return self.call(self.store.record_feedback, list(entries))
+        return self.call_patiently(self.store.record_feedback, list(entries))
+
+    def add_snooze(self, *args: Any, **kwargs: Any) -> None:
+        self.call_patiently(self.store.add_snooze, *args, **kwargs)
+
+    def feedback_summary(self, service_id: str) -> Any:
+        return self.call_patiently(self.store.feedback_summary, service_id)
 
     def readiness(self) -> dict[str, Any]:
         """What the readiness route reports: whether the store answers and can be written, the

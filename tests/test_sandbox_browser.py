@@ -11,9 +11,10 @@ tests are skipped with the reason.
 The browser's clock starts at the fixtures' anchor date, where the service's clock is pinned, so
 the Sandbox's JWTs and draft orders are dated as the fixture data expects.
 
-Every test runs in two modes: `open` (CDS_AUTH off) and `jwt` (CDS_AUTH=jwt trusting
-docs/trusted-issuers.sandbox.json, CDS_PUBLIC_BASE_URL spelled as the browser calls the service;
-any attempt to download a JWK Set fails the test: the Sandbox's tokens must verify offline).
+Tests run with `jwt` (CDS_AUTH=jwt trusting docs/trusted-issuers.sandbox.json,
+CDS_PUBLIC_BASE_URL spelled as the browser calls the service; any attempt to download a JWK Set
+fails the test: the Sandbox's tokens must verify offline); the patient view also runs `open`
+(CDS_AUTH off).
 
 What is proved: Patient View on fix-02 shows the critical aluminium card; Rx View (order-select)
 and Rx Sign (order-sign), with aluminium hydroxide chosen in the Sandbox's own medication form,

@@ -29,7 +29,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import ROOT, by_rule, load_request, wait_until_up
+from tests.conftest import ROOT, TEST_STORE_DEADLINE_MS, by_rule, load_request, wait_until_up
 
 pytestmark = pytest.mark.postgres
 
@@ -75,6 +75,8 @@ def _environment(database_url: str, issuers: Path) -> dict[str, str]:
         CDS_PUBLIC_BASE_URL=LOAD_BALANCER,
         CDS_HASH_KEY="scale-out-test-hash-key-0123456789abcdef",
         LOG_LEVEL="WARNING",
+        # A loaded test machine: a caution must be written, not skipped for a slow connection.
+        CDS_STORE_DEADLINE_MS=str(TEST_STORE_DEADLINE_MS),
     )
     return env
 
