@@ -42,14 +42,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app; with no settings, read them from the environment."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
-    # A worker boots without the database: the schema is created when the store answers
-    # (store_guard.py); /readyz says what is missing meanwhile.
-    store = GuardedStore(
-        Store.from_url(settings.database_url),
-        deadline=settings.store_deadline_ms / 1000,
-        retry_after=settings.store_retry_seconds,
-        buffer_limit=settings.issued_buffer,
-    )
+    engine = CdsEngine(settings, Store.from_url(settings.database_url))
+    store = engine.store  # guarded by the engine (store_guard.py)
+    # A worker boots without the database: the schema is created when the store answers;
+    # /readyz says what is missing meanwhile.
     try:
         ready = store.call_within(BOOT_SCHEMA_SECONDS, store.ensure_schema)
     except StoreUnavailable:
@@ -62,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # keep cards in the order the spec documents them
-    app.extensions["cds_engine"] = CdsEngine(settings, store)
+    app.extensions["cds_engine"] = engine
     app.extensions["cds_verifier"] = _verifier(settings, store)
     web.init_app(app)
     if settings.preview:  # the card preview page at "/" (a developer tool, CDS_PREVIEW)

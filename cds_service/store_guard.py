@@ -21,13 +21,14 @@ answers (`ensure_schema`), and `readiness` says what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 from typing import Any, TypeVar
@@ -186,17 +187,10 @@ class GuardedStore:
                 self._fallback("dropped")
             if self._dropped and self._dropped % 1000 == 1:
                 log.error("issued-card buffer full: %d card(s) dropped so far", self._dropped)
-        if not self._schema_answers() or not self._slots.acquire(blocking=False):
-            self._fallback("issued")
-            self._start_writer()
-            return
-        future: Future[None] = self._pool.submit(self._write_released, batch)
-        try:
-            future.result(timeout=self.deadline)
-        except FutureTimeout:
-            self._trip("issued cards not written within the deadline")
-        except STORE_ERRORS:
-            pass  # tripped by _write; the cards stay buffered
+        if self._schema_answers():
+            # Down, busy, slow or failing: the cards stay buffered.
+            with contextlib.suppress(StoreUnavailable):
+                self.call(self._write, batch)
         if self.pending_count:
             self._fallback("issued")
             self._start_writer()
@@ -211,12 +205,6 @@ class GuardedStore:
             return self.call(self.ensure_schema)
         except StoreUnavailable:
             return False
-
-    def _write_released(self, batch: list[IssuedCard]) -> None:
-        try:
-            self._write(batch)
-        finally:
-            self._slots.release()
 
     def _write(self, batch: list[IssuedCard]) -> None:
         """Write these cards (those still pending and not being written by another thread)."""

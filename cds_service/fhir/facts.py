@@ -86,6 +86,11 @@ class ProcedureFact:
     performed: date
 
 
+# Interpretation codes that put a result above / below the laboratory's range.
+HIGH_FLAGS = frozenset({"H", "HH", "HU"})
+LOW_FLAGS = frozenset({"L", "LL", "LU"})
+
+
 @dataclass(frozen=True)
 class LabResult:
     concept: str  # value set id: "egfr", "creatinine", "calcium"...
@@ -108,7 +113,7 @@ class LabResult:
     def above_range(self) -> bool:
         """Flagged high by the lab, or above the upper limit it sent ("<X" is above only when
         the lab says so; ">X" is above when X is at or above the limit)."""
-        if self.flags & {"H", "HH", "HU"}:
+        if self.flags & HIGH_FLAGS:
             return True
         if self.high is None or self.comparator in ("<", "<="):
             return False
@@ -120,7 +125,7 @@ class LabResult:
     def below_range(self) -> bool:
         """Flagged low by the lab, or below the lower limit it sent (">X" is below only when
         the lab says so; "<X" is below when X is at or below the limit)."""
-        if self.flags & {"L", "LL", "LU"}:
+        if self.flags & LOW_FLAGS:
             return True
         if self.low is None or self.comparator in (">", ">="):
             return False

@@ -36,14 +36,14 @@ from cds_service.knowledge.renal import RenalStatus
 from cds_service.knowledge.safety import load_table
 from cds_service.rules.base import Finding
 from cds_service.rules.predicates import all_orders
-from cds_service.rules.treatment_safety import evaluate_rule
+from cds_service.rules.treatment_safety import PROPOSED_PREFIX, evaluate_rule
 from cds_service.terminology import Match
 
 log = logging.getLogger(__name__)
 
 # The reference of the hypothetical draft order: parentheses and spaces cannot occur in a FHIR
 # id, so it never equals a real order's reference.
-PROPOSED_REF = "MedicationRequest/(proposed {valueset})"
+PROPOSED_REF = PROPOSED_PREFIX + "{valueset})"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from cds_service.fhir.facts import HIGH_FLAGS, LOW_FLAGS
 from cds_service.fhir.record import CodedResult, ConditionFact, LabResult, MedicationFact
 from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.loader import thresholds
@@ -109,7 +110,7 @@ def same_day(a: LabResult, b: LabResult) -> bool:
 
 # The interpretation flags a corrected value no longer carries, by the range bound it is
 # judged against (the laboratory's flag was about the measured value).
-_BOUND_FLAGS = {"high": frozenset({"H", "HH", "HU"}), "low": frozenset({"L", "LL", "LU"})}
+_BOUND_FLAGS = {"high": HIGH_FLAGS, "low": LOW_FLAGS}
 
 
 def corrected_calcium(

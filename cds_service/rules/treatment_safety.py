@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from cds_service.fhir.record import DataNote, MedicationFact
+from cds_service.fhir.record import DataNote, LabResult, MedicationFact
 from cds_service.knowledge.chart import Chart
 from cds_service.knowledge.renal import RenalStatus
 from cds_service.knowledge.safety import (
@@ -140,10 +140,18 @@ def _condition(valuesets: list[str], record: Chart) -> Evaluation:
     return bool(found), found
 
 
-def _lab_below(value: Mapping[str, Any], record: Chart) -> Evaluation:
+def _latest_lab(
+    value: Mapping[str, Any], record: Chart, test: Callable[[LabResult], bool]
+) -> Evaluation:
+    """The latest result of ``value["concept"]``, within ``value["max_age_days"]``, passes
+    `test`; that result is the evidence."""
     lab = recent_lab(record, value["concept"], value["max_age_days"])
-    ok = lab is not None and below(lab, value["value"])
+    ok = lab is not None and test(lab)
     return ok, [lab] if ok else []
+
+
+def _lab_below(value: Mapping[str, Any], record: Chart) -> Evaluation:
+    return _latest_lab(value, record, lambda lab: below(lab, value["value"]))
 
 
 def _calcium_above_range(value: Mapping[str, Any], record: Chart) -> Evaluation:
@@ -157,26 +165,23 @@ def _calcium_below_range(value: Mapping[str, Any], record: Chart) -> Evaluation:
 
 
 def _lab_below_range(value: Mapping[str, Any], record: Chart) -> Evaluation:
-    """The latest result of the concept, within ``max_age_days``, is below the laboratory's
-    range (its reference range low, or flagged L / LL): a result without a range or flag never
-    matches."""
-    lab = recent_lab(record, value["concept"], value["max_age_days"])
-    ok = lab is not None and lab.below_range
-    return ok, [lab] if ok else []
+    """Below the laboratory's range (its reference range low, or flagged L / LL): a result
+    without a range or flag never matches."""
+    return _latest_lab(value, record, lambda lab: lab.below_range)
 
 
 def _lab_above_range(value: Mapping[str, Any], record: Chart) -> Evaluation:
-    """The latest result of the concept, within ``max_age_days``, is above the laboratory's
-    range (its reference range high, or flagged H / HH)."""
-    lab = recent_lab(record, value["concept"], value["max_age_days"])
-    ok = lab is not None and lab.above_range
-    return ok, [lab] if ok else []
+    """Above the laboratory's range (its reference range high, or flagged H / HH)."""
+    return _latest_lab(value, record, lambda lab: lab.above_range)
 
 
 def _lab_at_least(value: Mapping[str, Any], record: Chart) -> Evaluation:
-    lab = recent_lab(record, value["concept"], value["max_age_days"])
-    ok = lab is not None and at_least(lab, value["value"]) and lab.comparator not in ("<", "<=")
-    return ok, [lab] if ok else []
+    """At or above the value; an upper bound ("<X") never is."""
+    return _latest_lab(
+        value,
+        record,
+        lambda lab: at_least(lab, value["value"]) and lab.comparator not in ("<", "<="),
+    )
 
 
 def _no_recent_result(value: Mapping[str, Any], record: Chart) -> Evaluation:
@@ -204,8 +209,7 @@ def _partner(_value: bool, _record: Chart) -> Evaluation:
 
 
 # The reference prefix of the hypothetical draft a card's proposal is checked as
-# (rules/coherence.py PROPOSED_REF; tests/rules/test_minocycline_precautions.py holds the two
-# together).
+# (rules/coherence.py builds its PROPOSED_REF from it).
 PROPOSED_PREFIX = "MedicationRequest/(proposed "
 
 
