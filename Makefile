@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 PORT   ?= 8080
 HOST   ?= 127.0.0.1
 WORKERS ?= 2
+# Threads per worker: more than the slow clients one worker may meet at once (README, "Slow clients").
+THREADS ?= $(or $(CDS_THREADS),32)
 # Processes make test runs the suite in (pytest-xdist); 0 runs it in this one process.
 TEST_WORKERS ?= 2
 # Embedded default store: an SQLite file under the project.
@@ -41,7 +43,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed-run
 	@mkdir -p var
 	DATABASE_URL='$(DATABASE_URL)' $(BIN)/calcinosis-cds serve --host $(HOST) --port $(PORT) \
-		--workers $(WORKERS)
+		--workers $(WORKERS) --threads $(THREADS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

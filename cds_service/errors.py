@@ -48,6 +48,13 @@ class PayloadTooLarge(InputError):
     code = "too-long"
 
 
+class RequestTimeout(InputError):
+    """The client did not send its request within CDS_CLIENT_TIMEOUT_SECONDS."""
+
+    status = 408
+    code = "timeout"
+
+
 class PrefetchUnavailable(InputError):
     """Required FHIR data was neither prefetched nor obtainable (CDS Hooks: 412)."""
 

@@ -15,6 +15,11 @@ module only adds:
   line on stderr (``LOG_FORMAT=text`` for readable lines). Access lines carry the method, the
   path without its query string, the status, the size and the duration.
 
+- **threads that slow clients cannot hold**: the workers are gthread workers with a deadline
+  on reading each request (`cds_service.serving.BoundedThreadWorker`, CDS_CLIENT_TIMEOUT_SECONDS),
+  32 threads each unless ``--threads`` says otherwise: a client that stops half-way through its
+  body holds one thread for at most the client timeout, and the other threads go on answering.
+
 - **no collector pauses on start-up objects**: ``post_worker_init`` freezes what loading the
   app made (``gc.freeze``), so full collections during requests stay short.
 
@@ -41,6 +46,9 @@ logconfig_dict = gunicorn_logconfig(os.environ.get("LOG_FORMAT", "").strip().low
 # instances on one host would fight over it, and this service needs none. (Older gunicorn
 # versions ignore the name.)
 control_socket_disable = True
+
+worker_class = "cds_service.serving.BoundedThreadWorker"
+threads = 32
 
 _created: list[Path] = []  # directories this master made, removed on exit
 

@@ -31,6 +31,7 @@ INTEGER_SETTINGS = (
     ("CDS_STORE_DEADLINE_MS", "store_deadline_ms"),
     ("CDS_STORE_RETRY_SECONDS", "store_retry_seconds"),
     ("CDS_ISSUED_BUFFER", "issued_buffer"),
+    ("CDS_CLIENT_TIMEOUT_SECONDS", "client_timeout_seconds"),
 )
 DEVELOPMENT_HASH_KEY = "calcinosis-cds-development-key"
 
@@ -110,6 +111,9 @@ class Settings:
     store_deadline_ms: int = 500
     store_retry_seconds: int = 5
     issued_buffer: int = 10_000
+    # The longest a client may take to send a request once a worker thread has taken it (then
+    # the request is cut: 408); see cds_service/serving.py.
+    client_timeout_seconds: int = 10
     # Key of the HMACs that stand for patients in the store; set your own in production.
     hash_key: str = field(default=DEVELOPMENT_HASH_KEY, repr=False)
     repeat_window_minutes: int = 60  # order-select caution not repeated at order-sign
@@ -162,6 +166,7 @@ class Settings:
             ("CDS_STORE_DEADLINE_MS", self.store_deadline_ms),
             ("CDS_STORE_RETRY_SECONDS", self.store_retry_seconds),
             ("CDS_ISSUED_BUFFER", self.issued_buffer),
+            ("CDS_CLIENT_TIMEOUT_SECONDS", self.client_timeout_seconds),
         ):
             if value < 1:
                 raise SettingsError(f"{name} must be a positive integer")

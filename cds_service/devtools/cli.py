@@ -83,13 +83,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"{args.host}:{args.port}",
         "--workers",
         str(args.workers),
+        "--threads",
+        str(args.threads),
         "--access-logfile",
         "-",
         "cds_service.app:create_app()",
     ]
     base = f"http://{args.host}:{args.port}"
     print(
-        f"{PROG}: serving on {base} with {args.workers} workers (discovery: {base}/cds-services"
+        f"{PROG}: serving on {base} with {args.workers} workers of {args.threads} threads "
+        f"(discovery: {base}/cds-services"
         + (f"; card preview page: {base}/)" if settings.preview else ")"),
         file=sys.stderr,
     )
@@ -508,6 +511,13 @@ def _serve_parser(commands: Any) -> None:
         type=_positive,
         default=os.environ.get("WEB_CONCURRENCY", "2"),
         help="worker processes (default 2; WEB_CONCURRENCY)",
+    )
+    serve.add_argument(
+        "--threads",
+        type=_positive,
+        default=os.environ.get("CDS_THREADS", "32"),
+        help="threads per worker (default 32; CDS_THREADS): more than the slow clients a "
+        "worker may meet at once, each held for at most CDS_CLIENT_TIMEOUT_SECONDS",
     )
     _shared(serve, "--database-url", help="SQLAlchemy URL of the store (DATABASE_URL)")
     serve.add_argument("--auth", choices=("off", "jwt"), help="client authentication (CDS_AUTH)")

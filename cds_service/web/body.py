@@ -8,10 +8,12 @@ import re
 from typing import Any
 
 from flask import current_app, request
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from cds_service.engine import CdsEngine
-from cds_service.errors import InputError, PayloadTooLarge, UnsupportedMediaType
+from cds_service.errors import InputError, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from cds_service.hooks.validation import json_nesting_depth
+from cds_service.serving import read_deadline_passed
 from cds_service.settings import SUPPORTED_LANGUAGES
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -31,12 +33,7 @@ def json_body(max_bytes: int | None = None) -> dict[str, Any]:
         raise UnsupportedMediaType(
             "Content-Type must be application/json", path="header Content-Type"
         )
-    too_large = f"body is larger than {max_bytes} bytes" if max_bytes else ""
-    if max_bytes and (request.content_length or 0) > max_bytes:
-        raise PayloadTooLarge(too_large, path="$")  # refused before it is read
-    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
-    if max_bytes and len(raw) > max_bytes:
-        raise PayloadTooLarge(too_large, path="$")  # a chunked body: no length announced
+    raw = _read_body(max_bytes or current_app.config["MAX_CONTENT_LENGTH"])
     limit = engine().settings.max_json_depth
     if json_nesting_depth(raw, limit) > limit:
         raise InputError(f"body nests deeper than {limit} levels", path="$")
@@ -61,6 +58,41 @@ def json_body(max_bytes: int | None = None) -> dict[str, Any]:
         except UnicodeEncodeError:
             raise InputError("body contains an unpaired UTF-16 surrogate", path="$") from None
     return body
+
+
+def _read_body(max_bytes: int) -> bytes:
+    """The raw body, refused past `max_bytes` (413) whether its length is announced or not (a
+    chunked body is read one byte past the limit to know, never cut and processed), and
+    refused with a JSON error when its framing is broken (400) or the client ran out of time
+    to send it (408, see cds_service/serving.py)."""
+    too_large = PayloadTooLarge(f"body is larger than {max_bytes} bytes", path="$")
+    announced = request.content_length
+    if announced is not None and announced > max_bytes:
+        raise too_large  # refused before it is read
+    try:
+        if announced is None and request.environ.get("wsgi.input_terminated"):
+            raw = request.environ["wsgi.input"].read(max_bytes + 1)  # chunked
+        else:
+            raw = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        raise too_large from None
+    except Exception as exc:  # noqa: BLE001 - whatever the server's reader raises, say why
+        if read_deadline_passed(request.environ):
+            raise RequestTimeout("the request body was not received in time", path="$") from None
+        if isinstance(exc, ClientDisconnected | OSError):
+            why = "it ended before its announced length"
+        else:  # gunicorn's chunk parser: InvalidChunkSize, ChunkMissingTerminator...
+            why = f"its chunked encoding is malformed ({type(exc).__name__})"
+        raise InputError(f"the request body cannot be read: {why}", path="$") from None
+    if len(raw) > max_bytes:
+        raise too_large
+    if announced is not None and len(raw) < announced:  # the stream ended early
+        if read_deadline_passed(request.environ):
+            raise RequestTimeout("the request body was not received in time", path="$")
+        raise InputError(
+            "the request body cannot be read: it ended before its announced length", path="$"
+        )
+    return raw
 
 
 def negotiate_language() -> str:
