@@ -112,8 +112,17 @@ def test_document_lists_exactly_the_flask_routes(app: Flask) -> None:
 
 def test_documented_statuses() -> None:
     service = "/cds-services/calcinosis-order-sign"
-    assert documented_statuses(service, "POST") == {200, 400, 401, 404, 412, 413, 415}
-    assert documented_statuses(service + "/feedback", "POST") == {200, 400, 401, 404, 413, 415, 503}
+    assert documented_statuses(service, "POST") == {200, 400, 401, 404, 408, 412, 413, 415}
+    assert documented_statuses(service + "/feedback", "POST") == {
+        200,
+        400,
+        401,
+        404,
+        408,
+        413,
+        415,
+        503,
+    }
     assert documented_statuses(service + "/feedback/summary", "HEAD") == {200, 401, 404, 503}
     assert documented_statuses("/healthz", "GET") == {200, 503}
     assert documented_statuses("/readyz", "GET") == {200, 503}
