@@ -103,6 +103,8 @@ class CdsEngine:
             settings.fhir_deadline_ms / 1000,
             settings.fhir_page_limit,
             observer=self.metrics.fetched if self.metrics is not None else None,
+            max_query_bytes=settings.fhir_max_query_bytes,
+            max_call_bytes=settings.fhir_max_call_bytes,
         )
 
     def close(self) -> None:

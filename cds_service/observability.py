@@ -55,6 +55,7 @@ FETCH_OUTCOMES = (
     "timeout",  # one request took longer than CDS_FHIR_TIMEOUT_MS
     "deadline",  # the whole fetch took longer than CDS_FHIR_DEADLINE_MS
     "connection_error",
+    "too_large",  # larger than CDS_FHIR_MAX_QUERY_BYTES, or the call's CDS_FHIR_MAX_CALL_BYTES
     "invalid_response",  # not FHIR JSON, an OperationOutcome, a next link off the server...
     "refused_server",  # fhirServer is not one this service may query (nothing was sent)
     "no_server",  # the request names no fhirServer (nothing was sent)

@@ -26,6 +26,8 @@ INTEGER_SETTINGS = (
     ("CDS_FHIR_TIMEOUT_MS", "fhir_timeout_ms"),
     ("CDS_FHIR_DEADLINE_MS", "fhir_deadline_ms"),
     ("CDS_FHIR_PAGE_LIMIT", "fhir_page_limit"),
+    ("CDS_FHIR_MAX_QUERY_BYTES", "fhir_max_query_bytes"),
+    ("CDS_FHIR_MAX_CALL_BYTES", "fhir_max_call_bytes"),
     ("CDS_REPEAT_WINDOW_MINUTES", "repeat_window_minutes"),
     ("CDS_RISK_SCREENING_INTERVAL_DAYS", "risk_screening_interval_days"),
     ("CDS_STORE_DEADLINE_MS", "store_deadline_ms"),
@@ -106,6 +108,10 @@ class Settings:
     fhir_timeout_ms: int = 800
     fhir_deadline_ms: int = 1200
     fhir_page_limit: int = 10
+    # The most one query (all its pages) and one call (all its queries) read from the FHIR
+    # server, counted after decompression.
+    fhir_max_query_bytes: int = 8 * 1024 * 1024
+    fhir_max_call_bytes: int = 16 * 1024 * 1024
     # The longest a call waits for the store (then it goes on without it), how long a store
     # that failed is left alone, and how many issued cards are kept for it meanwhile.
     store_deadline_ms: int = 500
@@ -155,8 +161,18 @@ class Settings:
                 f"CDS_DEFAULT_LANGUAGE must be one of {', '.join(SUPPORTED_LANGUAGES)}, "
                 f"not {self.default_language!r}"
             )
-        if self.max_body_bytes < 1024:
-            raise SettingsError("CDS_MAX_BODY_BYTES must be at least 1024")
+        for name, value in (
+            ("CDS_MAX_BODY_BYTES", self.max_body_bytes),
+            ("CDS_FHIR_MAX_QUERY_BYTES", self.fhir_max_query_bytes),
+            ("CDS_FHIR_MAX_CALL_BYTES", self.fhir_max_call_bytes),
+        ):
+            if value < 1024:
+                raise SettingsError(f"{name} must be at least 1024")
+        if self.fhir_max_query_bytes > self.fhir_max_call_bytes:
+            raise SettingsError(
+                "CDS_FHIR_MAX_QUERY_BYTES must not be larger than CDS_FHIR_MAX_CALL_BYTES: "
+                "a query is part of a call"
+            )
         for name, value in (
             ("CDS_FHIR_TIMEOUT_MS", self.fhir_timeout_ms),
             ("CDS_FHIR_DEADLINE_MS", self.fhir_deadline_ms),

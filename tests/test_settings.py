@@ -57,6 +57,15 @@ def test_fhir_fetch_settings() -> None:
     assert Settings.from_env({}).fhir_servers == ()  # nothing is fetched unless configured
 
 
+def test_fhir_size_caps() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.fhir_max_query_bytes, defaults.fhir_max_call_bytes) == (8388608, 16777216)
+    settings = Settings.from_env(
+        {"CDS_FHIR_MAX_QUERY_BYTES": "1048576", "CDS_FHIR_MAX_CALL_BYTES": "2097152"}
+    )
+    assert (settings.fhir_max_query_bytes, settings.fhir_max_call_bytes) == (1048576, 2097152)
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -68,6 +77,12 @@ def test_fhir_fetch_settings() -> None:
         ({"CDS_FHIR_DEADLINE_MS": "0"}, "CDS_FHIR_DEADLINE_MS"),
         ({"CDS_FHIR_TIMEOUT_MS": "soon"}, "CDS_FHIR_TIMEOUT_MS"),
         ({"CDS_FHIR_PAGE_LIMIT": "-1"}, "CDS_FHIR_PAGE_LIMIT"),
+        ({"CDS_FHIR_MAX_QUERY_BYTES": "512"}, "CDS_FHIR_MAX_QUERY_BYTES must be at least 1024"),
+        ({"CDS_FHIR_MAX_CALL_BYTES": "8MB"}, "CDS_FHIR_MAX_CALL_BYTES"),
+        (
+            {"CDS_FHIR_MAX_CALL_BYTES": "4194304"},
+            "CDS_FHIR_MAX_QUERY_BYTES must not be larger than CDS_FHIR_MAX_CALL_BYTES",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], message: str) -> None:

@@ -11,11 +11,12 @@ hook context), with ``fhirAuthorization.access_token`` as bearer token, provided
 one this service is configured to query. A key that can be neither read nor fetched makes the
 call fail with 412 naming the keys, as the spec requires.
 
-Then, within the same deadline, what the prefetch points to but does not hold: the pages behind
-a prefetched searchset's ``next`` link, and the Medications that orders reference but that are
-neither contained nor included (``_include=MedicationRequest:medication``), fetched by id. What
-cannot be fetched does not fail the call: an order then falls back on its reference's display
-text, and a search with pages left unread becomes an "incomplete" note shown on the cards.
+Then, within the same deadline and byte budget, what the prefetch points to but does not hold:
+the pages behind a prefetched searchset's ``next`` link, and the Medications that orders
+reference but that are neither contained nor included (``_include=MedicationRequest:medication``),
+fetched by id. What cannot be fetched does not fail the call: an order then falls back on its
+reference's display text, and a search with pages left unread becomes an "incomplete" note
+shown on the cards.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from enum import Enum
 from typing import Any
 
 from cds_service.errors import InputError, PrefetchUnavailable
-from cds_service.fhir.client import FhirFetcher, next_link
+from cds_service.fhir.client import FetchBudget, FhirFetcher, next_link
 from cds_service.fhir.facts import NOT_ALLOWED, DataNote, Located
 from cds_service.fhir.record import medication_reference
 from cds_service.urls import is_allowed
@@ -114,7 +115,9 @@ def resolve(
     resources: list[Located] = []
     status: dict[str, KeyStatus] = {}
     pages: dict[str, str] = {}  # key -> the next link of its prefetched searchset
+    # One deadline and one byte budget for every fetch of this call.
     deadline = policy.fetcher.deadline() if policy.fetcher is not None else None
+    budget = policy.fetcher.budget() if policy.fetcher is not None else None
     for key in templates:
         path = f"prefetch.{key}"
         if key not in prefetch:
@@ -141,11 +144,11 @@ def resolve(
     missing = [k for k, s in status.items() if s in (KeyStatus.MISSING, KeyStatus.OUTCOME)]
     notes: list[DataNote] = []
     if missing:
-        fetched, truncated = _fetch(missing, templates, request, policy, deadline)
+        fetched, truncated = _fetch(missing, templates, request, policy, deadline, budget)
         for found in fetched.values():
             resources.extend(found)
         notes += [_incomplete(key, "page limit reached") for key in truncated]
-    notes += _follow_up(pages, resources, request, policy, deadline)
+    notes += _follow_up(pages, resources, request, policy, deadline, budget)
     return Prefetched(tuple(resources), tuple(notes))
 
 
@@ -187,6 +190,7 @@ def _follow_up(
     request: Mapping[str, Any],
     policy: FetchPolicy,
     deadline: float | None,
+    budget: FetchBudget | None,
 ) -> list[DataNote]:
     """Fetch the next pages of prefetched searches and the referenced Medications (adding
     them to `resources`); return notes for the searches left incomplete."""
@@ -205,7 +209,7 @@ def _follow_up(
         tried.update(references)
         queries = {f"{key}#next": url for key, url in pages.items()}
         queries |= {f"medication#{i}": ref for i, ref in enumerate(references)}
-        result = policy.fetcher.fetch(server, _token(request), queries, deadline)
+        result = policy.fetcher.fetch(server, _token(request), queries, deadline, budget)
         for name, found in result.resources.items():
             resources.extend(
                 Located(f"fetched.{name}.entry[{i}].resource", resource)
@@ -233,6 +237,7 @@ def _fetch(
     request: Mapping[str, Any],
     policy: FetchPolicy,
     deadline: float | None,
+    budget: FetchBudget | None,
 ) -> tuple[dict[str, list[Located]], tuple[str, ...]]:
     server = request.get("fhirServer")
     if not isinstance(server, str):
@@ -250,7 +255,7 @@ def _fetch(
         )
     context = request.get("context") or {}
     queries = {key: render_template(templates[key], context) for key in keys}
-    result = policy.fetcher.fetch(server, _token(request), queries, deadline)
+    result = policy.fetcher.fetch(server, _token(request), queries, deadline, budget)
     if result.failures:
         details = ", ".join(f"{k} ({reason})" for k, reason in result.failures.items())
         raise PrefetchUnavailable(
