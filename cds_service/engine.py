@@ -28,6 +28,7 @@ from cds_service.knowledge.chart import build_chart
 from cds_service.knowledge.loader import thresholds
 from cds_service.knowledge.safety import table_valuesets
 from cds_service.observability import Metrics, create_metrics
+from cds_service.retention import Retention
 from cds_service.rules import card_set, coherence, data_notes, info_card
 from cds_service.rules.base import Finding
 from cds_service.settings import DEVELOPMENT_HASH_KEY, Settings
@@ -65,6 +66,7 @@ class CdsEngine:
                 deadline=settings.store_deadline_ms / 1000,
                 retry_after=settings.store_retry_seconds,
                 buffer_limit=settings.issued_buffer,
+                auto_migrate=settings.auto_migrate,
             )
         )
         self.terminology = Terminology.load()
@@ -98,6 +100,12 @@ class CdsEngine:
         self.metrics: Metrics | None = create_metrics(self.hooks) if settings.metrics else None
         if self.metrics is not None:
             self.store.on_fallback = self.metrics.store_fallback
+            self.store.on_pruned = self.metrics.store_pruned
+        retention = Retention.from_settings(settings)
+        self.store.schedule_prune(
+            lambda: retention.prune(self.store, settings.now()),
+            settings.prune_interval.total_seconds(),
+        )
         self.fetcher = FhirFetcher(
             settings.fhir_timeout_ms / 1000,
             settings.fhir_deadline_ms / 1000,

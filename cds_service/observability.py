@@ -154,6 +154,17 @@ class Metrics:
             ("kind",),
             registry=registry,
         )
+        self.pruned = Counter(
+            "cds_store_pruned_total",
+            "Rows the periodic prune deleted past retention (CDS_RETAIN_*), by table.",
+            ("table",),
+            registry=registry,
+        )
+        self.prune_failures = Counter(
+            "cds_store_prune_failures_total",
+            "Periodic prunes that did not finish (the store did not answer, or failed).",
+            registry=registry,
+        )
 
     # ------------------------------------------------------------------------- labels
 
@@ -165,6 +176,15 @@ class Metrics:
     @_never_raises
     def store_fallback(self, kind: str) -> None:
         self.store_fallbacks.labels(kind).inc()
+
+    @_never_raises
+    def store_pruned(self, deleted: Mapping[str, int] | None) -> None:
+        """One periodic prune: rows deleted by table, or None when it did not finish."""
+        if deleted is None:
+            self.prune_failures.inc()
+            return
+        for table, count in deleted.items():
+            self.pruned.labels(table).inc(count)
 
     @_never_raises
     def request(self, route: str, service_id: str | None, status: int, seconds: float) -> None:

@@ -50,6 +50,15 @@ SNOOZE_SETTINGS = (
     ("CDS_SNOOZE_NO_REASON_WARNING", "snooze_no_reason_warning"),
     ("CDS_SNOOZE_NO_REASON_INFO", "snooze_no_reason_info"),
 )
+# Environment variable -> Settings field, for the retention durations (see the README,
+# "Retention and pruning"): how long rows are kept before `prune` deletes them (0: for ever).
+RETENTION_SETTINGS = (
+    ("CDS_RETAIN_ISSUED", "retain_issued"),
+    ("CDS_RETAIN_FEEDBACK", "retain_feedback"),
+    ("CDS_RETAIN_CAUTIONS", "retain_cautions"),
+    ("CDS_RETAIN_SNOOZES", "retain_snoozes"),
+)
+MIN_RETENTION = timedelta(hours=1)  # shorter would lose a card before its feedback comes
 MAX_SNOOZE = timedelta(days=365)
 DURATION_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
 # Settings that no longer exist, and what replaced them (refused rather than silently ignored).
@@ -140,6 +149,21 @@ class Settings:
     snooze_no_reason_info: timedelta = timedelta(days=7)
     # Indicators whose snooze also ends when the chart is opened in another encounter.
     snooze_encounter_bound: tuple[str, ...] = ("critical",)
+    # Schema migrations: a worker that finds the store behind migrates it (off: it reports
+    # itself not ready until `calcinosis-cds migrate` has run).
+    auto_migrate: bool = True
+    # Retention (0: kept for ever). Issued cards: feedback and the risk screening's interval
+    # read them back (cards of a rule with an interval are kept at least that long anyway).
+    retain_issued: timedelta = timedelta(days=400)
+    # Feedback: what knowledge maintainers review, across knowledge versions; a few rows a day.
+    retain_feedback: timedelta = timedelta(days=3650)
+    # Cautions shown (kept at least CDS_REPEAT_WINDOW_MINUTES): an unchanged standing
+    # interaction is shown again once its caution is pruned.
+    retain_cautions: timedelta = timedelta(days=90)
+    # Snoozes, counted from when they end (an ended snooze hides nothing).
+    retain_snoozes: timedelta = timedelta(days=30)
+    # How often each worker prunes (0: only `calcinosis-cds prune`).
+    prune_interval: timedelta = timedelta(hours=1)
     # Authentication of CDS clients: "off" (development only) or "jwt" (CDS Hooks 2.0).
     auth: str = "off"
     trusted_issuers_file: Path | None = None  # JSON file, see the README, "Security"
@@ -189,6 +213,7 @@ class Settings:
         if self.risk_screening_interval_days < 0:
             raise SettingsError("CDS_RISK_SCREENING_INTERVAL_DAYS must not be negative")
         self._check_snoozes()
+        self._check_retention()
         for server in self.fhir_servers:
             if not server.startswith(("https://", "http://")):
                 raise SettingsError(f"CDS_FHIR_SERVERS: {server!r} is not an http(s) base URL")
@@ -224,6 +249,14 @@ class Settings:
                 f"CDS_SNOOZE_ENDS_WITH_ENCOUNTER names {', '.join(sorted(unknown))}: "
                 f"use {', '.join(SNOOZE_INDICATORS)} or none"
             )
+
+    def _check_retention(self) -> None:
+        for var, name in RETENTION_SETTINGS:
+            value: timedelta = getattr(self, name)
+            if value and value < MIN_RETENTION:
+                raise SettingsError(f"{var} must be 0 (keep for ever) or at least 1h")
+        if self.prune_interval < timedelta(0):
+            raise SettingsError("CDS_PRUNE_INTERVAL must not be negative")
 
     def snooze_for(self, indicator: str, *, reason: bool) -> timedelta:
         """How long an overridden card of this indicator stays hidden (with or without a
@@ -271,6 +304,11 @@ class Settings:
         for var, name in SNOOZE_SETTINGS:
             if raw := env.get(var):
                 kwargs[name] = parse_duration(var, raw)
+        for var, name in (*RETENTION_SETTINGS, ("CDS_PRUNE_INTERVAL", "prune_interval")):
+            if raw := env.get(var):
+                kwargs[name] = parse_duration(var, raw)
+        if migrate := env.get("CDS_AUTO_MIGRATE"):
+            kwargs["auto_migrate"] = _flag("CDS_AUTO_MIGRATE", migrate)
         if (bound := env.get("CDS_SNOOZE_ENDS_WITH_ENCOUNTER")) is not None:
             names = tuple(b.strip().lower() for b in bound.split(",") if b.strip())
             kwargs["snooze_encounter_bound"] = () if names == ("none",) else names

@@ -3,9 +3,10 @@ clinicians give on them, the cautions shown at order-select (so order-sign does 
 and the snoozes that follow an override.
 
 SQLite file by default, PostgreSQL when ``DATABASE_URL`` says so (``postgresql+psycopg://``).
-The schema is created on start. No patient data is stored: a card is kept by its uuid, the
-rule and variant that produced it, the knowledge version and the hookInstance; patients appear
-only as keyed hashes (HMAC, see cds_service/suppression.py).
+The schema is created and migrated by cds_service/migrate.py (Alembic): a change to these
+tables needs a revision in cds_service/migrations/versions. No patient data is stored: a card
+is kept by its uuid, the rule and variant that produced it, the knowledge version and the
+hookInstance; patients appear only as keyed hashes (HMAC, see cds_service/suppression.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    inspect,
     select,
     text,
     update,
@@ -39,6 +39,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.elements import ColumnElement
+
+from cds_service.migrate import SchemaVersionError as SchemaVersionError  # the guard's
+from cds_service.migrate import ensure_current
 
 metadata = MetaData()
 
@@ -52,7 +56,7 @@ issued_cards = Table(
     Column("indicator", String(16), nullable=False),
     Column("knowledge_version", String(32), nullable=False),
     Column("hook_instance", String(128), nullable=False),
-    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False, index=True),  # pruning
     Column("subject_key", String(64), nullable=True),  # HMAC(patient, rule, order)
     Column("evidence_hash", String(64), nullable=True),
     Column("encounter_key", String(64), nullable=True),  # HMAC(patient, encounter); None: none
@@ -68,7 +72,7 @@ shown_cautions = Table(
     # patient-view, fingerprint = its evidence (suppression.py).
     Column("key", String(64), primary_key=True),
     Column("fingerprint", String(64), nullable=False),
-    Column("shown_at", DateTime(timezone=True), nullable=False),
+    Column("shown_at", DateTime(timezone=True), nullable=False, index=True),
 )
 
 snoozes = Table(
@@ -77,7 +81,7 @@ snoozes = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("subject_key", String(64), nullable=False, index=True),
     Column("evidence_hash", String(64), nullable=False),
-    Column("until", DateTime(timezone=True), nullable=False),
+    Column("until", DateTime(timezone=True), nullable=False, index=True),
     Column("card_uuid", String(36), nullable=False),
     # HMAC(patient, encounter): the snooze holds only in this encounter (None: any encounter).
     Column("encounter_key", String(64), nullable=True),
@@ -98,7 +102,7 @@ feedback = Table(
     Column("override_code", String(128), nullable=True),
     Column("override_display", String(512), nullable=True),
     Column("outcome_at", DateTime(timezone=True), nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -176,7 +180,8 @@ def make_engine(url: str) -> Engine:
     so several workers can write."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        # (A "file:" URI names a file that must exist already: mode=ro, say.)
+        if parsed.database and parsed.database != ":memory:" and "uri" not in parsed.query:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         if not parsed.database or parsed.database == ":memory:":
             # One in-memory database for every thread (the store guard's threads included).
@@ -215,34 +220,20 @@ class Store:
     def from_url(cls, url: str) -> Store:
         return cls(make_engine(url))
 
-    def create_schema(self) -> None:
-        """Create missing tables. Several workers start at once: when another one creates a
-        table between our check and our CREATE, the next pass finds it in place."""
-        attempts = len(metadata.tables) + 1  # at worst one collision per table
-        for attempt in range(attempts):
-            try:
-                metadata.create_all(self.engine)
-                break
-            except DBAPIError:
-                if attempt == attempts - 1:
-                    raise
-        self._add_missing_columns()
+    def create_schema(self, migrate: bool = True) -> str:
+        """Bring the schema to this version's revision (migrating it when behind and `migrate`)
+        and return it; SchemaVersionError when it is newer, or behind and not `migrate`. Several
+        workers may call it at once (see cds_service/migrate.py)."""
+        return ensure_current(self.engine, migrate=migrate)
 
-    def _add_missing_columns(self) -> None:
-        """Bring a database created by an older version up to date: add the nullable columns
-        it lacks (nothing stored is touched)."""
-        existing = inspect(self.engine)
-        for table in metadata.sorted_tables:
-            present = {c["name"] for c in existing.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present:
-                    continue
-                assert column.nullable, f"{table.name}.{column.name} must be nullable to be added"
-                kind = column.type.compile(dialect=self.engine.dialect)
-                statement = f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'
-                # Names come from our own metadata. Another worker may add it first.
-                with contextlib.suppress(DBAPIError), self.engine.begin() as conn:
-                    conn.execute(text(statement))
+    def delete_batch(self, table_name: str, condition: ColumnElement[bool], limit: int) -> int:
+        """Delete at most `limit` rows of a table that meet `condition` (retention.py), in one
+        short transaction; how many were deleted."""
+        table = metadata.tables[table_name]
+        (key,) = table.primary_key.columns
+        chosen = select(key).where(condition).limit(limit)
+        with self.engine.begin() as conn:
+            return conn.execute(delete(table).where(key.in_(chosen))).rowcount
 
     def write_problem(self) -> str | None:
         """Why the store cannot be written, or None: a read-only database (an SQLite file or a

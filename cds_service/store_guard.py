@@ -15,8 +15,11 @@ on a small pool of threads and is waited for at most ``deadline`` seconds
   PATIENT_SECONDS; if the store fails them they raise `StoreUnavailable`: 503 with
   ``Retry-After``, nothing stored (all or none, as before).
 
-A worker also boots when the database is down: the schema is created when the store first
-answers (`ensure_schema`), and `readiness` says what is missing.
+A worker also boots when the database is down: the schema is checked, and migrated if need be
+(cds_service/migrate.py), when the store first answers (`ensure_schema`); `readiness` says what
+is missing, or that the schema is newer than this version (then the store is not used). Each
+worker also prunes what is past retention (cds_service/retention.py) every so often, batch by
+batch through the same bounded calls (`schedule_prune`).
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
@@ -36,7 +40,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from cds_service.errors import StoreUnavailable
-from cds_service.store import FeedbackEntry, IssuedCard, Store
+from cds_service.store import FeedbackEntry, IssuedCard, SchemaVersionError, Store
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ BATCH = 500  # issued cards written per statement by the background writer
 PATIENT_SECONDS = 5.0  # the longest feedback waits for the store (it is no clinical answer)
 # What a store failure can be: the database's errors, and the OS's (a full disk, a socket).
 STORE_ERRORS = (SQLAlchemyError, OSError)
+PRUNE_JITTER = 0.25  # each wait between prunes is the interval give or take a quarter
 
 
 class GuardedStore:
@@ -59,6 +64,7 @@ class GuardedStore:
         buffer_limit: int = 10_000,
         on_fallback: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        auto_migrate: bool = True,
     ) -> None:
         self.store = store
         self.deadline = deadline
@@ -73,6 +79,14 @@ class GuardedStore:
         self._dropped = 0
         self._jtis: dict[str, float] = {}  # fallback replay memory: key -> expiry (epoch s)
         self._schema_ready = False
+        self.auto_migrate = auto_migrate  # migrate a schema found behind (CDS_AUTO_MIGRATE)
+        self.schema_revision: str | None = None
+        self._schema_problem: str | None = None  # why the schema is not used, when it is not
+        self._schema_retry_at = 0.0
+        self._prune: Callable[[], Mapping[str, int]] | None = None
+        self._prune_every = 0.0
+        # metrics: called with the rows deleted by table, or None when a prune did not finish
+        self.on_pruned: Callable[[Mapping[str, int] | None], None] | None = None
         self._start_threads()
 
     def _start_threads(self) -> None:
@@ -81,6 +95,12 @@ class GuardedStore:
         self._slots = threading.BoundedSemaphore(POOL_SIZE)
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
+        self._start_pruner()
+
+    def _start_pruner(self) -> None:
+        self._stop = threading.Event()
+        if self._prune is not None and self._prune_every > 0:
+            threading.Thread(target=self._prune_loop, name="cds-prune", daemon=True).start()
 
     def _forked(self) -> None:
         """Threads do not survive a fork: a forked worker starts its own."""
@@ -157,17 +177,78 @@ class GuardedStore:
     # ------------------------------------------------------------------ schema
 
     def ensure_schema(self) -> bool:
-        """Create the schema if the store answers; False (logged once) when it does not: the
-        worker serves anyway, and the schema is created when the store is back."""
+        """Check the schema, and migrate it if need be, if the store answers; False when it does
+        not (logged once: the worker serves anyway, and tries again when the store is back) or
+        when the schema cannot be used (newer than this version, or behind with
+        CDS_AUTO_MIGRATE off: logged, and checked again after `retry_after`)."""
         if self._schema_ready:
             return True
-        try:
-            self.store.create_schema()
-        except STORE_ERRORS as exc:
-            self._trip(f"schema not created: {type(exc).__name__}")
+        if self._schema_problem is not None and self._clock() < self._schema_retry_at:
             return False
-        self._schema_ready = True
+        try:
+            revision = self.store.create_schema(migrate=self.auto_migrate)
+        except SchemaVersionError as exc:
+            return self._unusable(str(exc), exc.revision)
+        except STORE_ERRORS as exc:
+            self._trip(f"schema not checked: {type(exc).__name__}")
+            return False
+        except Exception as exc:  # noqa: BLE001 - a failed migration never stops a worker
+            return self._unusable(f"schema not migrated: {type(exc).__name__}", None)
+        self._schema_ready, self._schema_problem, self.schema_revision = True, None, revision
         return True
+
+    def _unusable(self, problem: str, revision: str | None) -> bool:
+        """The store answers but its schema is not used: logged once, checked again later."""
+        if problem != self._schema_problem:
+            log.error("store not used: %s", problem)
+        self._schema_problem, self.schema_revision = problem, revision
+        self._schema_retry_at = self._clock() + self.retry_after
+        return False
+
+    # ------------------------------------------------------------------ pruning
+
+    def schedule_prune(self, prune: Callable[[], Mapping[str, int]], every: float) -> None:
+        """Run `prune` in a daemon thread about every `every` seconds (0: never); each run is
+        logged and counted (`on_pruned`), a failure by its type only."""
+        self._prune, self._prune_every = prune, every
+        self._stop.set()  # a thread already running for an earlier schedule ends
+        self._start_pruner()
+
+    def _prune_loop(self) -> None:
+        stop = self._stop
+        while True:
+            # Jitter: the workers of a deployment do not all prune at the same moment.
+            spread = random.uniform(1 - PRUNE_JITTER, 1 + PRUNE_JITTER)  # noqa: S311 - no secret
+            if stop.wait(self._prune_every * spread):
+                return
+            self.prune_now()
+
+    def prune_now(self) -> Mapping[str, int] | None:
+        """One scheduled prune now: rows deleted by table, or None when it did not finish."""
+        if self._prune is None:
+            return None
+        deleted: Mapping[str, int] | None = None
+        if self._schema_answers():
+            try:
+                deleted = self._prune()
+            except StoreUnavailable:
+                log.warning("prune not finished: the store did not answer")
+            except Exception as exc:  # noqa: BLE001 - a prune never takes a worker down
+                log.error("prune failed: %s", type(exc).__name__)
+        if deleted is not None and any(deleted.values()):
+            log.info("pruned rows past retention: %s", dict(deleted))
+        if self.on_pruned is not None:
+            try:
+                self.on_pruned(deleted)
+            except Exception:  # noqa: BLE001 - a metric never breaks a prune
+                log.debug("prune metric failed")
+        return deleted
+
+    def delete_batch(self, table_name: str, condition: Any, limit: int) -> int:
+        """One batch of a prune: a bounded call like feedback's (no clinical answer waits)."""
+        return self.call_within(
+            PATIENT_SECONDS, self.store.delete_batch, table_name, condition, limit
+        )
 
     # ------------------------------------------------------------------ issued cards
 
@@ -253,10 +334,14 @@ class GuardedStore:
                 self._wake.clear()
                 continue
             try:
-                if self.ensure_schema():
-                    self._write(batch)
-                    if not self.pending_count:
-                        log.info("store back: buffered issued cards written")
+                if not self.ensure_schema():
+                    # Down (the breaker waits) or a schema this version does not use.
+                    self._wake.wait(timeout=max(self.retry_after, 0.05))
+                    self._wake.clear()
+                    continue
+                self._write(batch)
+                if not self.pending_count:
+                    log.info("store back: buffered issued cards written")
             except STORE_ERRORS:
                 continue  # tripped: wait for the breaker
 
@@ -267,7 +352,8 @@ class GuardedStore:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every buffered card is written (tests, shutdown); True when none is left."""
         end = time.monotonic() + timeout
-        while self.pending_count and time.monotonic() < end:
+        # Nothing is written to a schema this version does not use: no waiting for it.
+        while self.pending_count and self._schema_problem is None and time.monotonic() < end:
             self._start_writer()
             time.sleep(0.01)
         return not self.pending_count
@@ -330,12 +416,15 @@ class GuardedStore:
             state["store"] = "unavailable"
             state["ready"] = False
             return state
-        state["schema"] = "ok" if self._schema_ready else "missing"
+        state["schema"] = "ok" if self._schema_ready else (self._schema_problem or "missing")
+        if self.schema_revision is not None:
+            state["schemaRevision"] = self.schema_revision
         state["store"] = problem or "ok"
         state["ready"] = problem is None and self._schema_ready
         return state
 
     def dispose(self) -> None:
+        self._stop.set()
         self.flush(timeout=2.0)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.store.dispose()

@@ -23,7 +23,9 @@ ALLOWED: dict[str, set[str]] = {
     P + "errors": set(),
     P + "settings": set(),
     P + "observability": set(),
-    P + "store": set(),
+    P + "migrate": set(),
+    P + "store": {P + "migrate"},
+    P + "migrations": {P + "store"},
     P + "store_guard": {P + "errors", P + "store"},
     P + "urls": set(),
     P + "trust": {P + "urls"},
@@ -34,24 +36,29 @@ ALLOWED: dict[str, set[str]] = {
     P + "rules": {P + "fhir", P + "knowledge", P + "terminology"},
     P + "cards": {P + "rules", P + "knowledge", P + "fhir", P + "terminology", P + "settings"},
     P + "suppression": {P + "fhir", P + "rules", P + "settings", P + "store"},
+    P + "retention": {P + "rules", P + "settings", P + "store"},
     P + "engine": {
         *(P + u for u in ("errors", "settings", "observability", "store", "terminology")),
         *(P + u for u in ("hooks", "fhir", "knowledge", "rules", "cards", "suppression")),
         P + "store_guard",
+        P + "retention",
     },
     P + "web": {
         *(P + u for u in ("engine", "errors", "hooks", "observability", "settings")),
-        *(P + u for u in ("terminology", "trust")),
+        *(P + u for u in ("terminology", "trust", "serving")),
     },
     P + "devtools": {
         *(P + u for u in ("web", "engine", "cards", "rules", "knowledge", "fhir", "hooks")),
         *(P + u for u in ("terminology", "settings", "store", "errors", "observability")),
+        *(P + u for u in ("migrate", "retention")),
     },
     P + "app": {
         *(P + u for u in ("web", "devtools", "engine", "observability", "settings", "store")),
         *(P + u for u in ("trust", "errors", "store_guard")),
     },
     P + "gunicorn_conf": {P + "observability"},
+    # The gunicorn worker (slow clients); the web layer asks it whether a request was cut.
+    P + "serving": {P + "settings"},
     P + "__main__": {P + "devtools"},
     "cds_service": set(),  # the package's __init__: its docstring only
 }

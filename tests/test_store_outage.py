@@ -22,6 +22,7 @@ from flask import Flask
 from sqlalchemy.exc import OperationalError
 
 from cds_service.errors import StoreUnavailable
+from cds_service.migrate import head_revision
 from cds_service.store import FeedbackEntry, IssuedCard, Store
 from cds_service.store_guard import GuardedStore
 from tests.conftest import NOW, SERVICE_URL, app_with, load_expected, load_request
@@ -154,7 +155,12 @@ def test_readiness_reports_a_read_only_database(tmp_path: Path) -> None:
         client = application.test_client()
         ok = client.get("/readyz")
         assert ok.status_code == 200
-        assert ok.json["checks"] == {"store": "ok", "schema": "ok", "pendingIssuedCards": 0}
+        assert ok.json["checks"] == {
+            "store": "ok",
+            "schema": "ok",
+            "schemaRevision": head_revision(),
+            "pendingIssuedCards": 0,
+        }
         read_only = Store.from_url(f"sqlite:///file:{tmp_path / 'cds.sqlite3'}?mode=ro&uri=true")
         guarded(application).store = read_only
         refused = client.get("/readyz")

@@ -1,13 +1,15 @@
 """The `calcinosis-cds` command (also `python -m cds_service`).
 
     serve            serve the CDS service with gunicorn (what `make run` does)
+    migrate          bring the store's schema to this version (before the workers start)
+    prune            delete what is past retention in the store now (CDS_RETAIN_*)
     invoke           run a hook on a fixture, FHIR files or a live FHIR server; print the cards
     check-knowledge  check the clinical knowledge files, in plain words
     fixtures         list the synthetic fixture patients
     export-fixtures  write the fixture patients as a FHIR transaction Bundle
 
-Exit status: 0 success; 1 the service answered an error, or a check failed; 2 the command was
-used wrongly (a message says what to do).
+Exit status: 0 success; 1 the service answered an error, a check failed, or the database did
+not answer; 2 the command was used wrongly (a message says what to do).
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import os
 import shutil
 import sys
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeVar
 
 from cds_service.devtools.fixture_set import (
     REQUEST_SUFFIX,
@@ -37,7 +39,11 @@ from cds_service.devtools.hookrequest import RequestBuildError, build_request, r
 from cds_service.errors import outcome_body
 from cds_service.settings import SUPPORTED_LANGUAGES, Settings, SettingsError
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
 PROG = "calcinosis-cds"
+T = TypeVar("T")
 
 
 def _version() -> str:
@@ -52,6 +58,10 @@ EPILOG = "Settings not given as flags come from the environment (see the README,
 
 class UsageError(Exception):
     """The command cannot run as asked; the message says what to do instead."""
+
+
+class StoreFailure(Exception):
+    """The database did not answer, or its schema cannot be used (exit status 1)."""
 
 
 # ----------------------------------------------------------------------------- serve
@@ -96,9 +106,74 @@ def cmd_serve(args: argparse.Namespace) -> int:
         + (f"; card preview page: {base}/)" if settings.preview else ")"),
         file=sys.stderr,
     )
+    print(f"{PROG}: {_schema_before_workers(settings)}", file=sys.stderr)
     sys.stderr.flush()
     os.execve(sys.executable, command, env)  # noqa: S606 - our own interpreter, fixed arguments
     return 0  # not reached
+
+
+def _schema_before_workers(settings: Settings) -> str:
+    """Migrate once here, before the workers (best effort: they migrate if this cannot)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cds_service.migrate import before_workers
+    from cds_service.store import make_engine
+
+    try:
+        engine = make_engine(settings.database_url)
+    except (SQLAlchemyError, OSError) as exc:
+        return f"DATABASE_URL cannot be used ({type(exc).__name__})"
+    return before_workers(engine, settings.auto_migrate)
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+def _on_store(args: argparse.Namespace, work: Callable[[Engine, Settings], T]) -> T:
+    """Run `work` on the store (--database-url, else DATABASE_URL); a database that does not
+    answer, or a schema this version cannot use, is one line and exit status 1."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cds_service.store import SchemaVersionError, make_engine
+
+    settings = Settings.from_env()
+    engine = None
+    try:
+        engine = make_engine(args.database_url or settings.database_url)
+        return work(engine, settings)
+    except SchemaVersionError as exc:
+        raise StoreFailure(str(exc)) from None
+    except (SQLAlchemyError, OSError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        detail = (str(cause).strip().splitlines() or [""])[0][:200]
+        reason = f"{type(cause).__name__} ({detail})" if detail else type(cause).__name__
+        raise StoreFailure(f"the database did not answer: {reason}") from None
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from cds_service.migrate import upgrade
+
+    before, after = _on_store(args, lambda engine, _settings: upgrade(engine))
+    note = " (already there: nothing to do)" if before == after else ""
+    print(f"schema: {before or 'none'} -> {after}{note}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from cds_service.retention import Retention
+    from cds_service.store import Store
+
+    def prune(engine: Engine, settings: Settings) -> dict[str, int]:
+        store = Store(engine)
+        store.create_schema(migrate=settings.auto_migrate)
+        now = datetime.combine(args.as_of, time(12, 0), tzinfo=UTC) if args.as_of else None
+        return Retention.from_settings(settings).prune(store, now or settings.now())
+
+    print(json.dumps(_on_store(args, prune)))
+    return 0
 
 
 # ----------------------------------------------------------------------------- invoke
@@ -545,6 +620,37 @@ def _serve_parser(commands: Any) -> None:
     serve.set_defaults(func=cmd_serve)
 
 
+def _store_parsers(commands: Any) -> None:
+    migrate = commands.add_parser(
+        "migrate",
+        help="bring the store's schema to this version",
+        description="Apply the schema migrations this version has and the store lacks (run it "
+        "once before starting the workers; `serve` does, and so does a worker that finds the "
+        "store behind unless CDS_AUTO_MIGRATE=off). Prints the schema revision before and "
+        "after. A store migrated by a newer version is left untouched (exit status 1).",
+        epilog=EPILOG,
+    )
+    _shared(migrate, "--database-url", help="SQLAlchemy URL of the store (DATABASE_URL)")
+    migrate.set_defaults(func=cmd_migrate)
+    prune = commands.add_parser(
+        "prune",
+        help="delete what is past retention in the store now",
+        description="Delete the issued cards, feedback, cautions and snoozes older than their "
+        "retention (CDS_RETAIN_ISSUED, CDS_RETAIN_FEEDBACK, CDS_RETAIN_CAUTIONS, "
+        "CDS_RETAIN_SNOOZES) and the expired JWT ids, in short batches; prints the rows "
+        "deleted per table as JSON. The workers also do it every CDS_PRUNE_INTERVAL.",
+        epilog=EPILOG,
+    )
+    _shared(prune, "--database-url", help="SQLAlchemy URL of the store (DATABASE_URL)")
+    prune.add_argument(
+        "--as-of",
+        type=_date,
+        metavar="DATE",
+        help="prune as on this date, noon UTC (to rehearse a retention; default: now)",
+    )
+    prune.set_defaults(func=cmd_prune)
+
+
 INVOKE_DESCRIPTION = """\
 Run a CDS hook in this process (or against a running service with --url) and
 print the cards: indicator, summary, rule, evidence level, source, suggestions.
@@ -675,6 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_command in (
         _serve_parser,
+        _store_parsers,
         _invoke_parser,
         _check_parser,
         _fixtures_parser,
@@ -702,6 +809,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _die(str(exc))
     except SettingsError as exc:
         _die(f"setting: {exc}")
+    except StoreFailure as exc:
+        _die(str(exc), status=1)
     except BrokenPipeError:  # e.g. `| head`
         return 0
     finally:

@@ -20,6 +20,7 @@ from werkzeug.serving import make_server
 
 from cds_service.devtools.cli import main
 from cds_service.devtools.fixture_set import list_fixtures
+from cds_service.migrate import head_revision
 from cds_service.settings import DEFAULT_CARDS_DIR, DEFAULT_FIXTURES_DIR
 from tests.conftest import (
     NOW,
@@ -404,7 +405,9 @@ def test_serve_runs_gunicorn_with_the_service(tmp_path: Path) -> None:
     assert (tmp_path / "served" / "store.sqlite3").is_file()
     lines = log.read_text().splitlines()
     assert lines[0].startswith(f"calcinosis-cds: serving on http://127.0.0.1:{port}")
-    assert all(json.loads(line) for line in lines[1:])  # gunicorn and the service log in JSON
+    # Migrated once, before the workers started.
+    assert lines[1] == f"calcinosis-cds: schema at {head_revision()} (migrated from none)"
+    assert all(json.loads(line) for line in lines[2:])  # gunicorn and the service log in JSON
 
 
 def test_serve_refuses_a_bad_setting_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
