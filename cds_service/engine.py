@@ -100,6 +100,7 @@ class CdsEngine:
         self.metrics: Metrics | None = create_metrics(self.hooks) if settings.metrics else None
         if self.metrics is not None:
             self.store.on_fallback = self.metrics.store_fallback
+            self.metrics.build_info(self.knowledge_version)
             self.store.on_pruned = self.metrics.store_pruned
         retention = Retention.from_settings(settings)
         self.store.schedule_prune(

@@ -6,7 +6,8 @@ Metrics (served at GET /metrics, see the README):
 - ``cds_cards_total{service, rule, indicator}``: cards issued by the hook calls;
 - ``cds_feedback_total{service, outcome}``: feedback entries stored;
 - ``cds_fhir_fetch_total{key, outcome}`` and ``cds_fhir_fetch_duration_seconds{outcome}``:
-  prefetch queries fetched (or not) from the EHR's FHIR server.
+  prefetch queries fetched (or not) from the EHR's FHIR server;
+- ``cds_build_info{version, knowledge_version}``: always 1, says what is running.
 
 Every label value comes from a bounded set (route templates, the service catalogue, rule ids,
 indicators, prefetch keys, status codes, fixed outcomes): never a patient id, a token or
@@ -22,9 +23,9 @@ gunicorn master imports this module for its log formatters before ``on_starting`
 variable, so prometheus_client is imported here only when metrics are built (in the workers).
 
 Logs: one JSON object per line (``LOG_FORMAT=json``, the default) or one readable line
-(``LOG_FORMAT=text``), with the structured fields a call passes as ``extra`` (service, hook,
-hookInstance, status, duration_ms, cards, lang, ...). Exceptions are logged by type and stack
-only: their messages may quote request data.
+(``LOG_FORMAT=text``), with the structured fields a call passes as ``extra`` (request_id,
+service, hook, hookInstance, status, duration_ms, cards, lang, ...). Exceptions are logged by
+type and stack only: their messages may quote request data.
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ import logging
 import os
 import sys
 import threading
+import tomllib
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from functools import wraps
+from functools import cache, wraps
+from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -63,6 +67,23 @@ FETCH_OUTCOMES = (
 NONE = "none"  # label of routes that concern no service
 UNKNOWN = "unknown"  # label of a service id the catalogue does not have
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DISTRIBUTION = "calcinosis-cds"  # the package's name in pyproject.toml
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+@cache
+def package_version() -> str:
+    """The version of the installed package; from pyproject.toml beside the package when it
+    is not installed (a bare checkout); "unknown" if neither says."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+        return str(project["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
 
 
 def service_labels(hooks: Mapping[str, str], service_id: str | None) -> tuple[str, str]:
@@ -106,7 +127,8 @@ class Metrics:
         registry: CollectorRegistry | None,
         shared_dir: str | None = None,
     ) -> None:
-        from prometheus_client import Counter, Histogram  # imported late: see the module docstring
+        # imported late: see the module docstring
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.services = dict(services)  # service id -> hook: the only service labels
         self._registry = registry
@@ -165,6 +187,15 @@ class Metrics:
             "Periodic prunes that did not finish (the store did not answer, or failed).",
             registry=registry,
         )
+        # "livemax": one series whichever worker answers, and a worker that is gone (one
+        # that ran other code, before a reload) no longer counts.
+        self.build = Gauge(
+            "cds_build_info",
+            "What is running: the package version and the knowledge version (always 1).",
+            ("version", "knowledge_version"),
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
 
     # ------------------------------------------------------------------------- labels
 
@@ -172,6 +203,10 @@ class Metrics:
         return service_labels(self.services, service_id)
 
     # ------------------------------------------------------------------------- observations
+
+    @_never_raises
+    def build_info(self, knowledge_version: str) -> None:
+        self.build.labels(package_version(), knowledge_version).set(1)
 
     @_never_raises
     def store_fallback(self, kind: str) -> None:
@@ -291,7 +326,8 @@ def _field(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
 
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The structured fields of a record: its `extra`, and for gunicorn's access log the
-    request (method, path without its query string, status, size, duration)."""
+    request (method, path without its query string, status, size, duration) and the
+    X-Request-ID the service answered with."""
     fields = {
         key: _field(value, LONG_FIELDS.get(key, MAX_FIELD_CHARS))
         for key, value in vars(record).items()
@@ -306,6 +342,10 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
             bytes=_int(atoms.get("B")),
             duration_ms=round((_int(atoms.get("D")) or 0) / 1000, 1),
         )
+        # gunicorn names each response header "{name}o", in lower case. Absent when the app
+        # did not answer (a request cut before it reached Flask).
+        if (request_id := atoms.get("{x-request-id}o")) is not None:
+            fields["request_id"] = _field(request_id)
     return fields
 
 

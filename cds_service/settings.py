@@ -8,6 +8,7 @@ place that reads `os.environ`; tests build `Settings` directly.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_CARDS_DIR = PACKAGE_DIR.parent / "cards"
 DEFAULT_FIXTURES_DIR = PACKAGE_DIR.parent / "fixtures"
 SUPPORTED_LANGUAGES = ("en", "fr")
+# A language tag (`fr`, `fr-FR`, `en-GB`, `zh-Hant-TW`): its first subtag is the language.
+LANGUAGE_TAG = re.compile(r"([a-z]{2,3})(?:[-_][a-z0-9]{1,8})*")
 
 
 # Environment variable -> Settings field, for the integer settings.
@@ -91,6 +94,17 @@ def parse_duration(var: str, raw: str) -> timedelta:
             f"{var} must be a duration such as 30m, 24h or 7d (0 for none), not {raw!r}"
         )
     return int(number) * DURATION_UNITS[unit]
+
+
+def _language(raw: str) -> str:
+    """A supported language from a tag as Accept-Language would send it: `fr-FR` is `fr`."""
+    tag = LANGUAGE_TAG.fullmatch(raw.strip().lower())
+    if tag is None or tag.group(1) not in SUPPORTED_LANGUAGES:
+        raise SettingsError(
+            f"CDS_DEFAULT_LANGUAGE must be one of {', '.join(SUPPORTED_LANGUAGES)} "
+            f"(or a tag such as fr-FR), not {raw!r}"
+        )
+    return tag.group(1)
 
 
 def _utcnow() -> datetime:
@@ -180,11 +194,7 @@ class Settings:
     clock: Callable[[], datetime] = field(default=_utcnow, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.default_language not in SUPPORTED_LANGUAGES:
-            raise SettingsError(
-                f"CDS_DEFAULT_LANGUAGE must be one of {', '.join(SUPPORTED_LANGUAGES)}, "
-                f"not {self.default_language!r}"
-            )
+        object.__setattr__(self, "default_language", _language(self.default_language))
         for name, value in (
             ("CDS_MAX_BODY_BYTES", self.max_body_bytes),
             ("CDS_FHIR_MAX_QUERY_BYTES", self.fhir_max_query_bytes),
@@ -294,7 +304,7 @@ class Settings:
         if url := env.get("DATABASE_URL"):
             kwargs["database_url"] = url
         if lang := env.get("CDS_DEFAULT_LANGUAGE"):
-            kwargs["default_language"] = lang.strip().lower()
+            kwargs["default_language"] = lang
         for var, name in INTEGER_SETTINGS:
             if raw := env.get(var):
                 try:

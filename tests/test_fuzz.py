@@ -9,7 +9,8 @@ answer:
 - the status is never 5xx, and is one the OpenAPI document lists for that path and method;
 - the body is JSON when the document gives the response a body, and empty when it gives none
   (204 and 200 preflights, 401) and for HEAD;
-- a 200 body (cards above all) validates against the documented schema.
+- a 200 body (cards above all) validates against the documented schema;
+- it carries a plain X-Request-ID: the one sent if that was plain, else a new one.
 
 How long each property searches is set by the Hypothesis profile (tests/conftest.py): `ci`,
 what `make test` runs, is deterministic and short; `fuzz` (`make fuzz`) searches ten times
@@ -57,6 +58,7 @@ for _package in (cds_service, fixtures):
 
 # ----------------------------------------------------------------------------- bookkeeping
 
+PLAIN_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 UNSERVED: set[str] = set()  # documented paths the app does not serve yet (e.g. /openapi.json)
 STATIC: list[bool] = []  # whether the app has Flask's built-in /static/<filename> route
 
@@ -144,6 +146,11 @@ def send(
     data = response.get_data()
     where = f"{describe(method, path, body, ctype, headers)} -> {status} {data[:600]!r}"
     assert status < 500, where
+    sent_id = (headers or {}).get("X-Request-ID")
+    answered_id = response.headers.get("X-Request-ID", "")
+    assert PLAIN_REQUEST_ID.fullmatch(answered_id), where
+    if sent_id is not None and PLAIN_REQUEST_ID.fullmatch(sent_id):
+        assert answered_id == sent_id, where
     if routed.startswith("/static/") and STATIC[-1]:
         # Flask's built-in static route, when the app has one: not part of the API, not
         # documented; it must still answer like an unknown route, never with a file.
@@ -333,6 +340,8 @@ HEADERS = st.fixed_dictionaries(
         "Origin": st.sampled_from(["https://sandbox.cds-hooks.org", "null"]) | ASCII_HEADER,
         "Authorization": st.just("Bearer abc.def.ghi") | ASCII_HEADER,
         "Access-Control-Request-Method": st.sampled_from(["POST", "GET"]),
+        "X-Request-ID": st.sampled_from(["ehr-42", "x" * 128, "x" * 129, "a b", '"'])
+        | ASCII_HEADER,
     },
 )
 
@@ -351,6 +360,7 @@ PATHS = st.one_of(
     st.just("/cds-services"),
     st.just("/healthz"),
     st.just("/livez"),
+    st.just("/version"),
     st.just("/readyz"),
     st.just("/openapi.json"),
     st.just("/metrics"),
@@ -415,6 +425,7 @@ ROUTE_PATHS = [
     "/readyz",
     "/metrics",
     "/openapi.json",
+    "/version",
     "/preview/fixtures",
     "/preview/fixtures/patient-view/01-ssc-calcinosis",
     "/preview/requests",

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -132,6 +133,15 @@ def test_unmatched_routes_share_one_label(client: FlaskClient) -> None:
     assert value(samples, "cds_request_duration_seconds_count", **unmatched) == 3
     assert "fix-02" not in text
     assert "/nowhere" not in text
+
+
+def test_build_info_says_what_is_running(client: FlaskClient) -> None:
+    _text, samples = scrape(client)
+    knowledge = client.application.extensions["cds_engine"].knowledge_version
+    version = metadata.version("calcinosis-cds")
+    assert series(samples, "cds_build_info") == {
+        frozenset({("version", version), ("knowledge_version", knowledge)}): 1.0
+    }
 
 
 # ----------------------------------------------------------------------------- cards, feedback
@@ -353,7 +363,10 @@ class FakeServer:
 def test_on_starting_makes_a_fresh_directory_and_on_exit_removes_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    # Recorded as set, then removed: undoing both removes what on_starting sets (a bare
+    # delenv of an absent variable records nothing, and the variable leaked into later tests).
+    monkeypatch.setenv(MULTIPROC_ENV, "")
+    monkeypatch.delenv(MULTIPROC_ENV)
     monkeypatch.setattr(gunicorn_conf, "_created", [])
     server = FakeServer()
     gunicorn_conf.on_starting(server)
@@ -423,9 +436,9 @@ def wait_until(predicate: Any, what: str, timeout_s: float = 60) -> None:
 
 
 def test_gunicorn_workers_add_up(tmp_path: Path) -> None:
-    """Two gunicorn workers; pairs of calls that each wait at the FHIR server until the other
-    one arrives, so both workers serve calls (a sync worker serves one at a time). Whichever
-    worker answers /metrics reports the calls of both."""
+    """Two gunicorn workers of one thread; pairs of calls that each wait at the FHIR server
+    until the other one arrives, so both workers serve calls (each serves one at a time).
+    Whichever worker answers /metrics reports the calls of both."""
     barrier = threading.Barrier(2)
 
     def patient_after_the_other_call(path: str) -> tuple[int, str, bytes]:
@@ -455,6 +468,8 @@ def test_gunicorn_workers_add_up(tmp_path: Path) -> None:
             "python:cds_service.gunicorn_conf",
             "--workers",
             "2",
+            "--threads",
+            "1",
             "--bind",
             f"127.0.0.1:{port}",
             "--timeout",
@@ -517,12 +532,20 @@ def test_gunicorn_workers_add_up(tmp_path: Path) -> None:
         }
         assert counted == dict(cards)
         assert PATIENT_ID not in scrape_response.text
+        # One series whichever worker answers (each worker set it: "livemax").
+        assert len(series(samples, "cds_build_info")) == 1
+        assert set(series(samples, "cds_build_info").values()) == {1.0}
 
     text = log_file.read_text(encoding="utf-8")
     assert TOKEN not in text
     assert f"/{PATIENT_ID}" not in text
     access = [line for line in lines if line["logger"] == "gunicorn.access"]
     assert {line["path"] for line in access} >= {f"/cds-services/{PATIENT_VIEW}", "/metrics"}
+    # Each call's id is on its response, its hook call line and its access line.
+    answered = {r.headers["X-Request-ID"] for r in responses}
+    assert len(answered) == 10
+    assert {line["request_id"] for line in lines if line["message"] == "hook call"} == answered
+    assert answered <= {line.get("request_id") for line in access}
     # The temporary directory the workers shared is gone.
     shared = next(
         line["message"].rsplit(" ", 1)[1] for line in lines if "added up in" in line["message"]

@@ -67,6 +67,23 @@ def test_fhir_size_caps() -> None:
 
 
 @pytest.mark.parametrize(
+    ("tag", "language"),
+    [("fr-FR", "fr"), ("en-GB", "en"), ("FR", "fr"), (" fr-ca ", "fr"), ("en_US", "en")],
+)
+def test_default_language_accepts_a_language_tag(tag: str, language: str) -> None:
+    """As Accept-Language does: `fr-FR` is French."""
+    assert Settings.from_env({"CDS_DEFAULT_LANGUAGE": tag}).default_language == language
+
+
+@pytest.mark.parametrize("tag", ["de", "de-FR", "fr-", "french", "f", "fr FR", "fr;q=1", "*"])
+def test_default_language_refuses_anything_else_in_one_line(tag: str) -> None:
+    with pytest.raises(SettingsError) as exc:
+        Settings.from_env({"CDS_DEFAULT_LANGUAGE": tag})
+    assert str(exc.value).startswith("CDS_DEFAULT_LANGUAGE must be one of en, fr")
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
     ("env", "message"),
     [
         ({"CDS_DEFAULT_LANGUAGE": "de"}, "CDS_DEFAULT_LANGUAGE"),

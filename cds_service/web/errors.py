@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
 from cds_service.errors import InputError, StoreUnavailable, outcome_body
+from cds_service.web.middleware import request_id
 
 log = logging.getLogger("cds_service.http")
 
@@ -63,6 +64,7 @@ def _unexpected(exc: Exception) -> Response:
         request.method,
         request.path,
         extra={
+            "request_id": request_id(),  # the id the client gets in X-Request-ID
             "exc_type": type(exc).__name__,
             "stack": "".join(traceback.format_tb(exc.__traceback__)),
         },

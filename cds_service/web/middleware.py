@@ -1,10 +1,11 @@
 """What runs around every request, in this order:
 
-1. `start_clock`: the time of every request includes authentication;
+1. `start_clock`: the time of every request includes authentication; the request id is
+   settled (the client's X-Request-ID if it is sane, else a new one);
 2. `authenticate`: with CDS_AUTH=jwt, a trusted issuer's JWT on every /cds-services call;
 3. the view;
-4. `cors`, then `security_headers`, then `observe` (metrics and the call's log line), which
-   runs last so that it sees the final status.
+4. `cors`, then `request_id_header`, then `security_headers`, then `observe` (metrics and the
+   call's log line), which runs last so that it sees the final status.
 
 Flask runs after-request functions in the reverse order of their registration, hence the
 order of `init_app`."""
@@ -12,7 +13,9 @@ order of `init_app`."""
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from collections.abc import Callable
 
 from flask import Flask, Response, current_app, g, request
@@ -25,6 +28,11 @@ log = logging.getLogger("cds_service.http")
 
 # Endpoint -> the message of its log line (one per call, written once the status is known).
 CALL_LOG_MESSAGES = {"cds_hooks.invoke": "hook call", "cds_hooks.feedback": "feedback"}
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client's request id is echoed only if it is this plain: it goes into log lines and a
+# response header, so no spaces, quotes, control characters or anything longer than 128.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -48,9 +56,21 @@ def service_fields(service_id: str | None) -> dict[str, str]:
     return {"service": service, "hook": hook}
 
 
+def request_id() -> str:
+    """The id of the current request: the client's X-Request-ID when it is sane, else a new
+    one (an insane one is replaced, never echoed). Settled once per request."""
+    settled = g.get("request_id")
+    if settled is None:
+        offered = request.headers.get(REQUEST_ID_HEADER, "")
+        settled = offered if SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        g.request_id = settled
+    return settled
+
+
 def start_clock() -> None:
     g.started = time.perf_counter()
     g.log_fields = {}  # structured fields of this call's log line, filled in by the views
+    request_id()
 
 
 def authenticate() -> Response | None:
@@ -67,7 +87,12 @@ def authenticate() -> Response | None:
     try:
         g.client = verifier.verify(request.headers.get("Authorization"), base + request.path)
     except AuthError as exc:
-        log.warning("refused a call to %s: %s", request.path, exc.reason)
+        log.warning(
+            "refused a call to %s: %s",
+            request.path,
+            exc.reason,
+            extra={"request_id": request_id()},
+        )
         # An empty body, typed as the rest of the API (never an HTML page).
         return Response(
             status=401, headers={"WWW-Authenticate": "Bearer"}, content_type="application/json"
@@ -87,8 +112,20 @@ def cors(response: Response) -> Response:
         response.vary.add("Origin")
         if request.method == "OPTIONS":
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Allow-Headers"] = (
+                f"Authorization, Content-Type, {REQUEST_ID_HEADER}"
+            )
             response.headers["Access-Control-Max-Age"] = "86400"
+        else:
+            # Without it, a browser client's script cannot read the request id.
+            response.headers["Access-Control-Expose-Headers"] = REQUEST_ID_HEADER
+    return response
+
+
+def request_id_header(response: Response) -> Response:
+    """The request id on every answer, to quote when reporting a problem with the call (the
+    call's log lines carry it)."""
+    response.headers[REQUEST_ID_HEADER] = request_id()
     return response
 
 
@@ -111,6 +148,7 @@ def observe(response: Response) -> Response:
     if message is not None and request.method == "POST":
         level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
         fields = {
+            "request_id": request_id(),
             **service_fields(service_id),
             **g.get("log_fields", {}),
             "status": status,
@@ -123,7 +161,9 @@ def observe(response: Response) -> Response:
 def init_app(app: Flask) -> None:
     app.before_request(start_clock)
     app.before_request(authenticate)
-    # After-request functions run last registered first: cors, security_headers, observe.
+    # After-request functions run last registered first: cors, request_id_header,
+    # security_headers, observe.
     app.after_request(observe)
     app.after_request(security_headers)
+    app.after_request(request_id_header)
     app.after_request(cors)

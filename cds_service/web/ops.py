@@ -1,7 +1,9 @@
-"""The operations routes: the OpenAPI description, Prometheus metrics, liveness and readiness."""
+"""The operations routes: the OpenAPI description, Prometheus metrics, the version, liveness
+and readiness."""
 
 from __future__ import annotations
 
+import platform
 from functools import cache
 from typing import Any
 
@@ -9,6 +11,7 @@ import yaml
 from flask import Blueprint, Response, abort, jsonify
 
 from cds_service.hooks import OPENAPI_FILE
+from cds_service.observability import DISTRIBUTION, package_version
 from cds_service.terminology import YAML_LOADER
 from cds_service.web.body import engine
 
@@ -17,7 +20,11 @@ bp = Blueprint("ops", __name__)
 
 @cache
 def _openapi() -> dict[str, Any]:
-    return yaml.load(OPENAPI_FILE.read_text(encoding="utf-8"), Loader=YAML_LOADER)  # noqa: S506
+    text = OPENAPI_FILE.read_text(encoding="utf-8")
+    document: dict[str, Any] = yaml.load(text, Loader=YAML_LOADER)  # noqa: S506
+    # The version of the package that serves it, whatever the file says (it can lag behind).
+    document["info"]["version"] = package_version()
+    return document
 
 
 @bp.get("/openapi.json")
@@ -35,6 +42,19 @@ def metrics() -> Response:
         abort(404)
     body, content_type = observed.exposition()
     return Response(body, content_type=content_type)
+
+
+@bp.get("/version")
+def version() -> Response:
+    """What is running: the package, the knowledge and Python versions (no token needed)."""
+    return jsonify(
+        {
+            "service": DISTRIBUTION,
+            "version": package_version(),
+            "knowledgeVersion": engine().knowledge_version,
+            "python": platform.python_version(),
+        }
+    )
 
 
 @bp.get("/livez")

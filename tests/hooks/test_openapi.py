@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Iterator
+from importlib import metadata
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from tests.openapi_doc import (
     DOCUMENT,
     EMBEDDED,
     METHODS,
+    documented_response,
     documented_statuses,
     embedded_schemas,
     operations,
@@ -127,6 +129,8 @@ def test_documented_statuses() -> None:
     assert documented_statuses("/healthz", "GET") == {200, 503}
     assert documented_statuses("/readyz", "GET") == {200, 503}
     assert documented_statuses("/livez", "GET") == {200}
+    assert documented_statuses("/version", "GET") == {200}
+    assert documented_statuses("/version", "OPTIONS") == {200, 204}
     assert documented_statuses("/healthz", "OPTIONS") == {200, 204}
     assert documented_statuses("/cds-services", "DELETE") == {405}
     assert documented_statuses("/nowhere", "GET") == {404}
@@ -185,6 +189,7 @@ def test_request_schema_checks_the_context_of_its_hook() -> None:
 
 def test_discovery_health_feedback_and_summary_match_their_schemas(client: FlaskClient) -> None:
     _check("/cds-services", "GET", client.get("/cds-services"))
+    assert _check("/version", "GET", client.get("/version"))["service"] == "calcinosis-cds"
     health = _check("/healthz", "GET", client.get("/healthz"))
     assert health["status"] == "ok"
 
@@ -255,10 +260,26 @@ def test_preflight_is_documented(client: FlaskClient) -> None:
 
 
 def test_the_served_document_is_this_one(app: Flask, client: FlaskClient) -> None:
-    """GET /openapi.json serves openapi.yaml as JSON (once the route is there)."""
+    """GET /openapi.json serves openapi.yaml as JSON (once the route is there), with the
+    version of the package that serves it."""
     if SELF_PATH in unserved_paths(app):
         pytest.skip(f"{SELF_PATH} is not served yet")
     response = client.get(SELF_PATH)
     assert response.status_code == 200
     assert response.mimetype == "application/json"
-    assert response.get_json() == DOCUMENT
+    served = response.get_json()
+    assert served["info"].pop("version") == metadata.version("calcinosis-cds")
+    expected = copy.deepcopy(DOCUMENT)
+    del expected["info"]["version"]
+    assert served == expected
+
+
+def test_the_request_id_header_is_documented_where_clients_read_it() -> None:
+    header = {"$ref": "#/components/headers/XRequestID"}
+    service = "/cds-services/calcinosis-order-sign"
+    for path, status in ((service, 200), (service, 400), (service, 412), (service, 413)):
+        response = documented_response(path, "POST", status)
+        assert response["headers"]["X-Request-ID"] == header, (path, status)
+    assert {"$ref": "#/components/parameters/XRequestID"} in operations()[
+        ("/cds-services/{service_id}", "POST")
+    ]["parameters"]
