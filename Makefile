@@ -25,6 +25,7 @@ help:
 	@echo "make golden  rewrite the golden cards (fixtures/golden/, fixtures/field/golden/)"
 	@echo "make provenance  regenerate the code tables of docs/codes.md from the value sets"
 	@echo "make bench   benchmark against a minimal Flask floor; writes the table into README.md"
+	@echo "make chaos   the fault battery (slow clients, bad FHIR servers, database outages, retention); writes its table into README.md"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"' \
@@ -99,3 +100,13 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 bench: $(VENV)/.installed-bench
 	@bash bench/ensure-wrk
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The fault battery of issue 15 (bench/chaos.py, README "The fault battery"): slow clients,
+# dripping and oversized FHIR answers, the database stopped and black-holed behind a TCP proxy of
+# its own, a worker killed, retention; loopback only, about three minutes; writes the table into
+# README.md. PostgreSQL as for make test (scripts/ensure-postgres); CHAOS_ARGS="--only S1,S3"
+# runs some scenarios.
+.PHONY: chaos
+chaos: $(VENV)/.installed-test
+	@TEST_POSTGRES_URL="$$(PY=$(BIN)/python scripts/ensure-postgres)"; export TEST_POSTGRES_URL; \
+		$(BIN)/python -m bench.chaos --write-readme $(CHAOS_ARGS)

@@ -17,7 +17,7 @@ from cds_service.store_guard import GuardedStore
 from cds_service.trust import JwtVerifier, load_issuers
 
 log = logging.getLogger("cds_service")
-BOOT_SCHEMA_SECONDS = 5.0  # the longest a starting worker waits for the schema
+BOOT_SCHEMA_SECONDS = 2.0  # the longest a starting worker waits for the schema (it goes on)
 
 
 def _verifier(settings: Settings, store: GuardedStore) -> JwtVerifier | None:

@@ -78,6 +78,7 @@ class GuardedStore:
         self._in_flight: set[str] = set()
         self._dropped = 0
         self._jtis: dict[str, float] = {}  # fallback replay memory: key -> expiry (epoch s)
+        self._jti_outage = -1.0  # the outage whose replay fallback was last announced
         self._schema_ready = False
         self.auto_migrate = auto_migrate  # migrate a schema found behind (CDS_AUTO_MIGRATE)
         self.schema_revision: str | None = None
@@ -378,7 +379,10 @@ class GuardedStore:
         except StoreUnavailable:
             pass
         self._fallback("jti")
-        log.warning("JWT replay check in this process's memory: the store did not answer")
+        with self._lock:  # said once per outage (each renewal of the breaker), not per call
+            announce, self._jti_outage = self._jti_outage != self._down_until, self._down_until
+        if announce:
+            log.warning("JWT replay check in this process's memory: the store did not answer")
         key = f"{iss}\x1f{jti}"
         stamp, until = now.timestamp(), expires_at.timestamp()
         with self._lock:
