@@ -7,6 +7,7 @@ place that reads `os.environ`; tests build `Settings` directly.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -15,8 +16,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEFAULT_CARDS_DIR = PACKAGE_DIR.parent / "cards"
-DEFAULT_FIXTURES_DIR = PACKAGE_DIR.parent / "fixtures"
+# The content files (cards, fixture set, documents the knowledge check cites) are at the top of
+# the repository in a checkout or an editable install, and under cds_service/_content/ in an
+# installed wheel (build_content.py puts them there): no setting is needed to find them.
+PACKAGED_CONTENT_DIR = PACKAGE_DIR / "_content"
+
+
+def content_dir(name: str) -> Path:
+    """The content folder `name` ("cards", "fixtures", "docs"): the installed wheel's copy,
+    or else the repository's."""
+    packaged = PACKAGED_CONTENT_DIR / name
+    return packaged if packaged.is_dir() else PACKAGE_DIR.parent / name
+
+
+DEFAULT_CARDS_DIR = content_dir("cards")
+DEFAULT_FIXTURES_DIR = content_dir("fixtures")
 SUPPORTED_LANGUAGES = ("en", "fr")
 # A language tag (`fr`, `fr-FR`, `en-GB`, `zh-Hant-TW`): its first subtag is the language.
 LANGUAGE_TAG = re.compile(r"([a-z]{2,3})(?:[-_][a-z0-9]{1,8})*")
@@ -72,6 +86,34 @@ REPLACED_SETTINGS = {
 
 class SettingsError(ValueError):
     """A setting has a value the service cannot run with; the message says which and why."""
+
+
+# The PostgreSQL drivers a DATABASE_URL may name that this service knows (postgresql:// alone
+# means psycopg2 to SQLAlchemy) -> the module; the driver comes with the `postgres` extra.
+POSTGRES_DRIVERS = {"psycopg": "psycopg", "psycopg2": "psycopg2", "": "psycopg2"}
+POSTGRES_EXTRA = "pip install 'calcinosis-cds[postgres]'"
+
+
+def _missing_postgres_driver(url: str) -> str | None:
+    """One line saying how to install the driver a PostgreSQL URL needs, if it is missing."""
+    dialect, _, driver = url.partition("://")[0].strip().lower().partition("+")
+    module = POSTGRES_DRIVERS.get(driver) if dialect == "postgresql" else None
+    if module is None or importlib.util.find_spec(module) is not None:
+        return None  # not PostgreSQL, a driver SQLAlchemy reports itself, or installed
+    if module == "psycopg":
+        return (
+            "DATABASE_URL names PostgreSQL, but its driver psycopg is not installed: "
+            f"install the postgres extra ({POSTGRES_EXTRA})"
+        )
+    asks = (
+        f"postgresql+{driver}://... needs the {module} driver,"
+        if driver
+        else f"postgresql://... means SQLAlchemy's default driver, {module},"
+    )
+    return (
+        f"DATABASE_URL {asks} which is not installed: write postgresql+psycopg://... "
+        f"and install the postgres extra ({POSTGRES_EXTRA})"
+    )
 
 
 def _flag(var: str, raw: str) -> bool:
@@ -233,6 +275,8 @@ class Settings:
             raise SettingsError(f"CDS_AUTH must be 'off' or 'jwt', not {self.auth!r}")
         if self.auth == "jwt" and self.trusted_issuers_file is None:
             raise SettingsError("CDS_AUTH=jwt needs CDS_TRUSTED_ISSUERS (a JSON file of issuers)")
+        if problem := _missing_postgres_driver(self.database_url):
+            raise SettingsError(problem)
         if not self.cards_dir.is_dir():
             raise SettingsError(f"CDS_CARDS_DIR {str(self.cards_dir)!r} is not a directory")
         if self.preview is None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from cds_service.settings import Settings, SettingsError
+from cds_service import settings as settings_module
+from cds_service.settings import Settings, SettingsError, content_dir
+from tests.conftest import ROOT
 
 
 def test_defaults_need_no_environment() -> None:
@@ -16,6 +19,42 @@ def test_defaults_need_no_environment() -> None:
     assert settings.default_language == "en"
     assert settings.cors_origins == ("*",)
     assert (settings.cards_dir / "_common.yaml").is_file()
+
+
+def test_content_is_found_in_the_installed_package_or_else_in_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed wheel carries cards/ and fixtures/ under cds_service/_content/; a checkout
+    (and an editable install) has them at the top of the repository. No setting either way."""
+    assert content_dir("cards") == ROOT / "cards"  # no packaged copy in a checkout
+    monkeypatch.setattr(settings_module, "PACKAGED_CONTENT_DIR", tmp_path)
+    (tmp_path / "cards").mkdir()
+    assert content_dir("cards") == tmp_path / "cards"
+    assert content_dir("fixtures") == ROOT / "fixtures"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "postgresql+psycopg://u@h/db",
+            r"driver psycopg is not installed: install the postgres extra "
+            r"\(pip install 'calcinosis-cds\[postgres\]'\)",
+        ),
+        ("postgresql://u@h/db", "SQLAlchemy's default driver, psycopg2, which is not installed"),
+    ],
+)
+def test_a_postgresql_url_without_its_driver_is_refused_in_one_line(
+    url: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psycopg comes with the postgres extra: without it, a PostgreSQL URL stops the service at
+    start with what to install, not with an import error in every worker."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # find_spec: not installed
+    monkeypatch.setitem(sys.modules, "psycopg2", None)
+    with pytest.raises(SettingsError, match=message) as refused:
+        Settings.from_env({"DATABASE_URL": url})
+    assert "\n" not in str(refused.value)
+    assert Settings.from_env({}).database_url.startswith("sqlite")  # SQLite needs no driver
 
 
 def test_values_from_environment(tmp_path: Path) -> None:

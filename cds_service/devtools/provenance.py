@@ -25,10 +25,11 @@ from typing import Any
 
 import yaml
 
+from cds_service.settings import content_dir
 from cds_service.terminology import SYSTEM_LABELS, VALUESET_DIR, YAML_LOADER
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-DOCS_DIR = PROJECT_DIR / "docs"
+DOCS_DIR = content_dir("docs")  # the repository's docs/, or the installed wheel's copy
 CODES_MD = DOCS_DIR / "codes.md"
 SOURCES_MD = DOCS_DIR / "sources.md"
 PRODUCTS_DIR = VALUESET_DIR.parent / "products"
