@@ -200,6 +200,25 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 SEKMET_TOKEN = "sekmet-test-token-7f3a"  # the only bearer token the test FHIR server accepts
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now, for a server a test starts."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(
+    command: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server process, its output (both streams) in `log`."""
+    with log.open("wb") as sink:
+        return subprocess.Popen(  # noqa: S603 - the tests' own commands, fixed arguments
+            command, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
+
+
 def wait_until_up(
     url: str, process: subprocess.Popen[Any], log: Path | None = None, within_s: float = 60
 ) -> None:
@@ -253,12 +272,9 @@ def running_sekmet(work: Path, token: str | None = SEKMET_TOKEN) -> Iterator[str
     With `token` it accepts only `Authorization: Bearer <token>`; with None it is open, as the
     CDS Hooks Sandbox needs (it sends the FHIR server no token). It answers CORS for any origin.
     """
-    import socket
     import sys
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     base = f"http://127.0.0.1:{port}/fhir"
     server_auth = "{types: [bearer], tokens: [" + token + "]}" if token else "{types: [none]}"
     (work / "settings.yaml").write_text(

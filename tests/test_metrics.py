@@ -38,6 +38,7 @@ from tests.conftest import (
     app_with,
     fhir_authorization,
     fixture_names,
+    free_port,
     load_request,
 )
 from tests.fhir_stub import StubFhirServer, bundle, fhir
@@ -413,12 +414,6 @@ def test_the_config_module_does_not_import_prometheus_client() -> None:
     assert result.returncode == 0, result.stderr
     line = json.loads(result.stderr.strip())
     assert (line["logger"], line["message"]) == ("gunicorn.error", "configured")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,14 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import ROOT, TEST_STORE_DEADLINE_MS, by_rule, load_request, wait_until_up
+from tests.conftest import (
+    ROOT,
+    TEST_STORE_DEADLINE_MS,
+    by_rule,
+    free_port,
+    load_request,
+    wait_until_up,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -57,12 +63,6 @@ class Instance:
         return self.stderr.read_text(encoding="utf-8", errors="replace")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _environment(database_url: str, issuers: Path) -> dict[str, str]:
     """What both instances share: database, hash key, issuers, public URL, knowledge."""
     env = {
@@ -82,7 +82,7 @@ def _environment(database_url: str, issuers: Path) -> dict[str, str]:
 
 
 def _start(name: str, env: dict[str, str], folder: Path) -> Instance:
-    port = _free_port()
+    port = free_port()
     stderr = folder / f"{name}.stderr.log"
     with stderr.open("wb") as sink:
         process = subprocess.Popen(  # noqa: S603 - our own service, fixed arguments

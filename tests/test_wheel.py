@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tomllib
@@ -26,7 +25,7 @@ import httpx
 import pytest
 from packaging.requirements import Requirement
 
-from tests.conftest import ROOT, wait_until_up
+from tests.conftest import ROOT, free_port, start_server, wait_until_up
 from tests.dockerfile import build_context_sources
 
 COMMAND = "calcinosis-cds"
@@ -139,18 +138,10 @@ def test_the_wheel_alone_runs_the_service(tmp_path: Path) -> None:
 
 def _serve(command: Callable[..., list[str]], env: dict[str, str], work: Path) -> None:
     """`serve` answers on a free port, offers the packaged fixtures, and stops on SIGTERM."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = work / "serve.log"
-    with log.open("w") as sink:
-        served = subprocess.Popen(  # noqa: S603 - the wheel's command, fixed arguments
-            command("serve", "--port", str(port), "--workers", "1", "--threads", "4"),
-            env=env,
-            cwd=work,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
+    command = command("serve", "--port", str(port), "--workers", "1", "--threads", "4")
+    served = start_server(command, env, log, cwd=work)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{base}/livez", served, log)

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,9 +28,11 @@ from tests.conftest import (
     collection,
     fixture_names,
     fixture_resources,
+    free_port,
     load_expected,
     load_request,
     representatives,
+    start_server,
     wait_until_up,
 )
 
@@ -368,22 +369,15 @@ def test_python_dash_m_and_help() -> None:
 def test_serve_runs_gunicorn_with_the_service(tmp_path: Path) -> None:
     """`serve` is what `make run` uses: two workers answer discovery, hooks and /healthz, and
     the server stops cleanly on SIGTERM."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CDS_", "DATABASE_URL"))},
         "DATABASE_URL": f"sqlite:///{tmp_path / 'served' / 'store.sqlite3'}",
         "LOG_FORMAT": "json",
     }
     log = tmp_path / "serve.log"
-    with log.open("w") as sink:
-        process = subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments
-            [sys.executable, "-m", "cds_service", "serve", "--port", str(port), "--workers", "2"],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
+    command = [sys.executable, "-m", "cds_service", "serve", "--port", str(port), "--workers", "2"]
+    process = start_server(command, env, log)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{base}/healthz", process, log)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from cds_service.serving import RequestDeadlines, read_deadline_passed
-from tests.conftest import ROOT, SERVICE_URL, load_request, wait_until_up
+from tests.conftest import ROOT, SERVICE_URL, free_port, load_request, start_server, wait_until_up
 
 PATIENT_VIEW = SERVICE_URL
 SMALL = ("--workers", "1", "--threads", "2")
@@ -29,9 +28,7 @@ WAIT_S = 30
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     folder = tmp_path_factory.mktemp("slow-clients")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CDS_", "GUNICORN"))}
     env.update(
         DATABASE_URL=f"sqlite:///{folder / 'store.sqlite3'}",
@@ -40,14 +37,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         LOG_LEVEL="WARNING",
     )
     log = folder / "serve.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(  # noqa: S603 - our own service, fixed arguments
-            [sys.executable, "-m", "cds_service", "serve", "--port", str(port), *SMALL],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )
+    command = [sys.executable, "-m", "cds_service", "serve", "--port", str(port), *SMALL]
+    process = start_server(command, env, log, cwd=ROOT)
     try:
         wait_until_up(f"http://127.0.0.1:{port}/livez", process, log)
         yield port
