@@ -73,7 +73,7 @@ LOOPBACK = "127.0.0.1"
 
 WORKERS = 2
 FHIR_DEADLINE_MS = 1200  # CDS_FHIR_DEADLINE_MS of every service here
-CLIENT_TIMEOUT_S = 5  # CDS_CLIENT_TIMEOUT_SECONDS: time a client has to send its request
+CLIENT_TIMEOUT_S = 10  # CDS_CLIENT_TIMEOUT_SECONDS (its default): time a client has to send
 DEADLINE_MARGIN_S = 0.5  # what "within the deadline" may add: answer, scheduling
 DATA_LIMIT_KIB = 2 * 1024 * 1024  # ulimit -d of the services: a bomb never eats the machine
 RUN_BUDGET_S = 300.0  # the whole run: a scenario gets at most what is left of it
@@ -326,7 +326,8 @@ def serve_threads() -> str | None:
     )
     if "--threads" not in done.stdout:
         return None
-    found = re.search(r"--threads\b.*?default (\d+)", done.stdout, re.DOTALL)
+    # The option's own help (not the usage line, where the next "default" is another's).
+    found = re.search(r"^\s+--threads\b.*?default (\d+)", done.stdout, re.DOTALL | re.MULTILINE)
     return found.group(1) if found else ""
 
 
@@ -997,6 +998,9 @@ def s2_dripping_fhir(run: Run, stack: contextlib.ExitStack) -> list[Check]:
     for thread in threads:
         thread.join(timeout=16)
     drips = [a or Answer(0, 15, error="no answer") for a in dripped]
+    stub_notices_s = 1.0  # the stub sees a connection closed at its next write (0.3 s)
+    time.sleep(stub_notices_s)
+    still_open = dripping.active
     limit = FHIR_DEADLINE_MS / 1000 + DEADLINE_MARGIN_S
     drip_ok = all(a.status == 412 and a.seconds <= limit for a in drips)
     times = [a.seconds for a in after]
@@ -1018,8 +1022,8 @@ def s2_dripping_fhir(run: Run, stack: contextlib.ExitStack) -> list[Check]:
         ),
         Check(
             "S2",
-            "dripping connections the service still held at the end",
-            f"{dripping.active} of {dripping.served}",
+            f"dripping connections still open {stub_notices_s:g} s after the calls ended",
+            f"{still_open} of {dripping.served}",
             "info",
         ),
     ]
