@@ -38,7 +38,10 @@ LOCK_CLASS = 0x63647331  # "cds1"
 MIGRATION_STATEMENT_MS = 10 * 60 * 1000  # a migration may take longer than a hook call's 5 s
 SQLITE_LOCK_SECONDS = 10  # the longest a second migrator waits for an SQLite file's write lock
 log = logging.getLogger(__name__)
-_memory_lock = threading.Lock()  # an in-memory SQLite database lives in one process
+# Alembic runs a migration through module-level state (alembic.context): two threads of one
+# process migrating at once, even two different databases, would trample each other's. One
+# migration per process at a time, then (below) one per database.
+_process_lock = threading.Lock()
 
 
 class SchemaVersionError(RuntimeError):
@@ -132,8 +135,8 @@ def _locked(engine: Engine) -> Iterator[Connection]:
                 yield conn
         finally:
             migrator.dispose()
-    else:
-        with _memory_lock, engine.begin() as conn:
+    else:  # an in-memory SQLite database lives in this process: _process_lock is enough
+        with engine.begin() as conn:
             yield conn
 
 
@@ -141,7 +144,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Bring the database to head, under the migration lock; (revision before, after).
     Raises SchemaVersionError for a database a newer version migrated (left untouched)."""
     head = head_revision()
-    with _locked(engine) as conn:
+    with _process_lock, _locked(engine) as conn:
         before = _revision_of(conn)
         _refuse_newer(before)
         if before != head:

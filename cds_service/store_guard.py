@@ -53,6 +53,10 @@ STORE_ERRORS = (SQLAlchemyError, OSError)
 PRUNE_JITTER = 0.25  # each wait between prunes is the interval give or take a quarter
 
 
+class _NoSchema(Exception):
+    """The tables an operation needs are not there (and could not be made now)."""
+
+
 class GuardedStore:
     """A `Store` whose operations never keep a hook call waiting past a deadline."""
 
@@ -159,8 +163,17 @@ class GuardedStore:
         if not self._slots.acquire(blocking=False):
             raise StoreUnavailable(self.retry_after)  # every thread waits on a slow store
 
+        # Any operation first needs the tables: a call may come while the schema is still being
+        # created or migrated (a worker waits for it only briefly at start).
+        schema_first = (
+            not self._schema_ready
+            and getattr(operation, "__func__", None) is not GuardedStore.ensure_schema
+        )
+
         def run() -> T:
             try:
+                if schema_first and not self.ensure_schema():
+                    raise _NoSchema
                 return operation(*args, **kwargs)
             finally:
                 self._slots.release()
@@ -168,6 +181,8 @@ class GuardedStore:
         future = self._pool.submit(run)
         try:
             return future.result(timeout=seconds)
+        except _NoSchema:  # down (ensure_schema tripped the breaker) or a schema not used
+            raise StoreUnavailable(self.retry_after) from None
         except FutureTimeout:
             self._trip("no answer within the deadline")
             raise StoreUnavailable(self.retry_after) from None
@@ -415,7 +430,10 @@ class GuardedStore:
         try:
             if not self.down and not self._schema_ready:
                 self.call(self.ensure_schema)
-            problem = self.call(self.store.write_problem)
+            if self.down:
+                raise StoreUnavailable(self.retry_after)
+            # Writable is asked of a schema in use (the probe writes to one of its tables).
+            problem = self.call(self.store.write_problem) if self._schema_ready else None
         except StoreUnavailable:
             state["store"] = "unavailable"
             state["ready"] = False

@@ -431,8 +431,8 @@ def wait_until(predicate: Any, what: str, timeout_s: float = 60) -> None:
 
 
 def test_gunicorn_workers_add_up(tmp_path: Path) -> None:
-    """Two gunicorn workers of one thread; pairs of calls that each wait at the FHIR server
-    until the other one arrives, so both workers serve calls (each serves one at a time).
+    """Two gunicorn workers of one thread and one connection each; pairs of calls that each
+    wait at the FHIR server until the other one arrives, so both workers serve calls.
     Whichever worker answers /metrics reports the calls of both."""
     barrier = threading.Barrier(2)
 
@@ -464,6 +464,9 @@ def test_gunicorn_workers_add_up(tmp_path: Path) -> None:
             "--workers",
             "2",
             "--threads",
+            "1",
+            # A worker with a connection open accepts no other: the pair goes to both.
+            "--worker-connections",
             "1",
             "--bind",
             f"127.0.0.1:{port}",

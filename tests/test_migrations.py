@@ -113,6 +113,38 @@ def test_workers_migrating_at_once_all_succeed(database_url: str) -> None:
             s.dispose()
 
 
+def test_one_process_migrating_several_databases_at_once(tmp_path: Path) -> None:
+    """Alembic keeps a migration's state in its module: two threads migrating two databases at
+    once (a worker's start-up and its store guard's threads, a test with several stores) must
+    not trample each other's."""
+    stores = [Store.from_url(f"sqlite:///{tmp_path / f'db{i}.sqlite3'}") for i in range(4)]
+    start = threading.Barrier(4)
+
+    def migrate(store: Store) -> str:
+        start.wait(timeout=30)
+        return store.create_schema()
+
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            assert list(pool.map(migrate, stores)) == [HEAD] * 4
+        assert all(schema_diff(s) == [] for s in stores)
+    finally:
+        for s in stores:
+            s.dispose()
+
+
+def test_an_operation_before_the_schema_waits_for_it(tmp_path: Path) -> None:
+    """A call that comes while the schema is not made yet (the worker stopped waiting for it at
+    start) gets its answer once it is made, not "no such table"."""
+    guard = GuardedStore(Store.from_url(f"sqlite:///{tmp_path / 'new.sqlite3'}"), deadline=30)
+    try:
+        assert guard.caution("no-such-key") is None
+        assert guard.issued("no-such-card") is None
+        assert guard.readiness()["schema"] == "ok"
+    finally:
+        guard.dispose()
+
+
 def _stamp(store: Store, revision: str) -> None:
     with store.engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
