@@ -6,7 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8080
 HOST   ?= 127.0.0.1
-WORKERS ?= 2
+# Worker processes (gunicorn's WEB_CONCURRENCY, as for calcinosis-cds serve).
+WORKERS ?= $(or $(WEB_CONCURRENCY),2)
 # Threads per worker: more than the slow clients one worker may meet at once (README, "Slow clients").
 THREADS ?= $(or $(CDS_THREADS),32)
 # Processes make test runs the suite in (pytest-xdist); 0 runs it in this one process.
@@ -30,8 +31,10 @@ help:
 	@echo "make chaos   the fault battery (slow clients, bad FHIR servers, database outages, retention); writes its table into README.md"
 
 $(BIN)/python:
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"' \
-		|| { echo "error: $(PYTHON) is older than 3.11; set PYTHON=python3.11"; exit 1; }
+	@command -v '$(PYTHON)' >/dev/null 2>&1 \
+		|| { echo "error: no Python interpreter $(PYTHON) (on Debian: apt-get install python3 python3-venv; or set PYTHON=python3.11)"; exit 1; }
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"' 2>/dev/null \
+		|| { echo "error: $(PYTHON) is older than 3.11 (it is $$($(PYTHON) -V 2>&1)); set PYTHON=python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV) || { echo "error: could not create $(VENV); on Debian: apt-get install python3-venv"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
@@ -128,8 +131,10 @@ image:
 CONSTRAINTS_VENV := var/constraints-venv
 .PHONY: constraints
 constraints:
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11)' \
-		|| { echo "error: the image runs Python 3.11; set PYTHON=python3.11"; exit 1; }
+	@command -v '$(PYTHON)' >/dev/null 2>&1 \
+		|| { echo "error: no Python interpreter $(PYTHON); set PYTHON=python3.11"; exit 1; }
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null \
+		|| { echo "error: the image runs Python 3.11, $(PYTHON) is $$($(PYTHON) -V 2>&1); set PYTHON=python3.11"; exit 1; }
 	rm -rf $(CONSTRAINTS_VENV)
 	$(PYTHON) -m venv $(CONSTRAINTS_VENV)
 	$(CONSTRAINTS_VENV)/bin/python -m pip install --quiet --upgrade pip

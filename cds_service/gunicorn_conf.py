@@ -20,6 +20,11 @@ module only adds:
   32 threads each unless ``--threads`` says otherwise: a client that stops half-way through its
   body holds one thread for at most the client timeout, and the other threads go on answering.
 
+- **"serving on ..." once the port is bound**: under ``calcinosis-cds serve`` (which checks the
+  rest before gunicorn starts), ``when_ready`` (run in the master once the sockets are bound,
+  before the workers are forked) prints where the service answers, so the line is true when
+  it is read.
+
 - **no collector pauses on start-up objects**: ``post_worker_init`` freezes what loading the
   app made (``gc.freeze``), so full collections during requests stay short.
 
@@ -32,13 +37,14 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 # Imports no prometheus_client: it must first be imported in the workers, once
 # PROMETHEUS_MULTIPROC_DIR is set (it reads the variable when imported).
-from cds_service.observability import MULTIPROC_ENV, gunicorn_logconfig
+from cds_service.observability import MULTIPROC_ENV, SERVE_BANNER_ENV, gunicorn_logconfig
 
 logconfig_dict = gunicorn_logconfig(os.environ.get("LOG_FORMAT", "").strip().lower() or "json")
 
@@ -68,6 +74,27 @@ def on_starting(server: Any) -> None:
     if server.cfg.preload_app:
         server.log.warning("--preload: each worker counts its own metrics (see gunicorn_conf)")
     server.log.info("metrics of all workers are added up in %s", shared)
+
+
+def when_ready(server: Any) -> None:
+    """The sockets are bound: under `calcinosis-cds serve` (which asks for it with
+    SERVE_BANNER_ENV, saying whether the preview page is on), say where the service answers,
+    once. gunicorn run by hand logs only JSON; its "Listening at" says the same."""
+    banner = os.environ.pop(SERVE_BANNER_ENV, "")  # popped: not inherited by the workers
+    if not banner:
+        return
+    # (With --reuse-port the workers bind, and the master has no listener to name.)
+    bound = [str(listener) for listener in server.LISTENERS]
+    bound = bound or [f"http://{address}" for address in server.cfg.bind]
+    base = bound[0]
+    also = "".join(f", {other}" for other in bound[1:])
+    print(
+        f"calcinosis-cds: serving on {base}{also} with {server.cfg.workers} workers of "
+        f"{server.cfg.threads} threads (discovery: {base}/cds-services"
+        + (f"; card preview page: {base}/)" if banner == "preview" else ")"),
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def child_exit(server: Any, worker: Any) -> None:

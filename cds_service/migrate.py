@@ -38,6 +38,8 @@ LOCK_CLASS = 0x63647331  # "cds1"
 MIGRATION_STATEMENT_MS = 10 * 60 * 1000  # a migration may take longer than a hook call's 5 s
 SQLITE_LOCK_SECONDS = 10  # the longest a second migrator waits for an SQLite file's write lock
 log = logging.getLogger(__name__)
+# Alembic announces each of its plugins at INFO whenever a worker loads it: noise in every log.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 # Alembic runs a migration through module-level state (alembic.context): two threads of one
 # process migrating at once, even two different databases, would trample each other's. One
 # migration per process at a time, then (below) one per database.

@@ -67,6 +67,9 @@ FETCH_OUTCOMES = (
 NONE = "none"  # label of routes that concern no service
 UNKNOWN = "unknown"  # label of a service id the catalogue does not have
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Set by `calcinosis-cds serve` for gunicorn_conf.when_ready, which prints "serving on ..." once
+# the port is bound: "preview" or "no-preview" (a hand-over between the two, not a setting).
+SERVE_BANNER_ENV = "CDS_SERVE_BANNER"
 DISTRIBUTION = "calcinosis-cds"  # the package's name in pyproject.toml
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 

@@ -32,6 +32,7 @@ def content_dir(name: str) -> Path:
 DEFAULT_CARDS_DIR = content_dir("cards")
 DEFAULT_FIXTURES_DIR = content_dir("fixtures")
 SUPPORTED_LANGUAGES = ("en", "fr")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # A language tag (`fr`, `fr-FR`, `en-GB`, `zh-Hant-TW`): its first subtag is the language.
 LANGUAGE_TAG = re.compile(r"([a-z]{2,3})(?:[-_][a-z0-9]{1,8})*")
 
@@ -94,9 +95,16 @@ POSTGRES_DRIVERS = {"psycopg": "psycopg", "psycopg2": "psycopg2", "": "psycopg2"
 POSTGRES_EXTRA = "pip install 'calcinosis-cds[postgres]'"
 
 
-def _missing_postgres_driver(url: str) -> str | None:
-    """One line saying how to install the driver a PostgreSQL URL needs, if it is missing."""
+def database_url_problem(url: str) -> str | None:
+    """One line saying what is wrong with a PostgreSQL DATABASE_URL that SQLAlchemy would refuse
+    with a bare "Can't load plugin" or an import error: the `postgres://` spelling (Heroku's,
+    and many providers'), or a driver that is not installed. None otherwise."""
     dialect, _, driver = url.partition("://")[0].strip().lower().partition("+")
+    if dialect == "postgres":
+        return (
+            "DATABASE_URL starts with postgres://, which SQLAlchemy does not read: "
+            "write postgresql+psycopg:// (the rest of the URL unchanged)"
+        )
     module = POSTGRES_DRIVERS.get(driver) if dialect == "postgresql" else None
     if module is None or importlib.util.find_spec(module) is not None:
         return None  # not PostgreSQL, a driver SQLAlchemy reports itself, or installed
@@ -269,13 +277,19 @@ class Settings:
         for server in self.fhir_servers:
             if not server.startswith(("https://", "http://")):
                 raise SettingsError(f"CDS_FHIR_SERVERS: {server!r} is not an http(s) base URL")
+        level = self.log_level.strip().upper()
+        if level not in LOG_LEVELS:
+            raise SettingsError(
+                f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
+            )
+        object.__setattr__(self, "log_level", level)
         if self.log_format not in ("json", "text"):
             raise SettingsError(f"LOG_FORMAT must be json or text, not {self.log_format!r}")
         if self.auth not in ("off", "jwt"):
             raise SettingsError(f"CDS_AUTH must be 'off' or 'jwt', not {self.auth!r}")
         if self.auth == "jwt" and self.trusted_issuers_file is None:
             raise SettingsError("CDS_AUTH=jwt needs CDS_TRUSTED_ISSUERS (a JSON file of issuers)")
-        if problem := _missing_postgres_driver(self.database_url):
+        if problem := database_url_problem(self.database_url):
             raise SettingsError(problem)
         if not self.cards_dir.is_dir():
             raise SettingsError(f"CDS_CARDS_DIR {str(self.cards_dir)!r} is not a directory")
@@ -389,7 +403,7 @@ class Settings:
         if preview := env.get("CDS_PREVIEW"):
             kwargs["preview"] = _flag("CDS_PREVIEW", preview)
         if level := env.get("LOG_LEVEL"):
-            kwargs["log_level"] = level.strip().upper()
+            kwargs["log_level"] = level  # normalised and checked in __post_init__
         if log_format := env.get("LOG_FORMAT"):
             kwargs["log_format"] = log_format.strip().lower()
         if metrics := env.get("CDS_METRICS"):

@@ -51,6 +51,7 @@ ALLOWED: dict[str, set[str]] = {
         *(P + u for u in ("web", "engine", "cards", "rules", "knowledge", "fhir", "hooks")),
         *(P + u for u in ("terminology", "settings", "store", "errors", "observability")),
         *(P + u for u in ("migrate", "retention")),
+        P + "trust",  # serve loads the trusted issuers once before the workers do
     },
     P + "app": {
         *(P + u for u in ("web", "devtools", "engine", "observability", "settings", "store")),

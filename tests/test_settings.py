@@ -135,6 +135,8 @@ def test_default_language_refuses_anything_else_in_one_line(tag: str) -> None:
         ({"CDS_FHIR_PAGE_LIMIT": "-1"}, "CDS_FHIR_PAGE_LIMIT"),
         ({"CDS_FHIR_MAX_QUERY_BYTES": "512"}, "CDS_FHIR_MAX_QUERY_BYTES must be at least 1024"),
         ({"CDS_FHIR_MAX_CALL_BYTES": "8MB"}, "CDS_FHIR_MAX_CALL_BYTES"),
+        ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRIT"),
+        ({"DATABASE_URL": "postgres://u@h/db"}, r"postgres://.*write postgresql\+psycopg://"),
         (
             {"CDS_FHIR_MAX_CALL_BYTES": "4194304"},
             "CDS_FHIR_MAX_QUERY_BYTES must not be larger than CDS_FHIR_MAX_CALL_BYTES",

@@ -37,7 +37,8 @@ from cds_service.devtools.fixture_set import (
 )
 from cds_service.devtools.hookrequest import RequestBuildError, build_request, resources_of
 from cds_service.errors import outcome_body
-from cds_service.settings import SUPPORTED_LANGUAGES, Settings, SettingsError
+from cds_service.observability import MULTIPROC_ENV, SERVE_BANNER_ENV
+from cds_service.settings import LOG_LEVELS, SUPPORTED_LANGUAGES, Settings, SettingsError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -67,7 +68,34 @@ class StoreFailure(Exception):
 # ----------------------------------------------------------------------------- serve
 
 
+# The options of `serve` that gunicorn takes, not Settings: option -> (variable, default).
+SERVE_ENVIRONMENT = {
+    "host": ("HOST", "127.0.0.1"),
+    "port": ("PORT", "8080"),
+    "workers": ("WEB_CONCURRENCY", "2"),
+    "threads": ("CDS_THREADS", "32"),
+}
+
+
+def _serve_option(args: argparse.Namespace, option: str) -> Any:
+    """The flag's value, else its environment variable's (a bad one is a setting error naming
+    the variable, in one line, rather than argparse's usage text about a flag not given)."""
+    if (given := getattr(args, option)) is not None:
+        return given
+    var, default = SERVE_ENVIRONMENT[option]
+    raw = os.environ.get(var, "").strip() or default
+    convert = {"host": str, "port": _port, "workers": _positive, "threads": _positive}[option]
+    try:
+        return convert(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise SettingsError(f"{var}: {exc}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Check everything that would otherwise fail in every worker (or in gunicorn, after five
+    seconds of retries) and say it in one line; then exec gunicorn. gunicorn_conf.when_ready
+    prints "serving on" once the port is bound."""
+    host, port, workers, threads = (_serve_option(args, o) for o in SERVE_ENVIRONMENT)
     env = dict(os.environ)
     for flag, var in (
         ("database_url", "DATABASE_URL"),
@@ -82,7 +110,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             env[var] = str(value)
     if args.fhir_server:
         env["CDS_FHIR_SERVERS"] = ",".join(args.fhir_server)
-    settings = Settings.from_env(env)  # a bad setting: one line here, not a trace per worker
+    settings = Settings.from_env(env)
+    _check_issuers(settings)
+    engine = _engine(settings.database_url)  # (makes an SQLite file's folder)
+    _check_metrics_dir(env.get(MULTIPROC_ENV))
+    address = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    _check_port(address, port)
     command = [
         sys.executable,
         "-m",
@@ -90,39 +123,121 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "--config",
         "python:cds_service.gunicorn_conf",
         "--bind",
-        f"{args.host}:{args.port}",
+        f"{address}:{port}",
         "--workers",
-        str(args.workers),
+        str(workers),
         "--threads",
-        str(args.threads),
+        str(threads),
         "--access-logfile",
         "-",
         "cds_service.app:create_app()",
     ]
-    base = f"http://{args.host}:{args.port}"
-    print(
-        f"{PROG}: serving on {base} with {args.workers} workers of {args.threads} threads "
-        f"(discovery: {base}/cds-services"
-        + (f"; card preview page: {base}/)" if settings.preview else ")"),
-        file=sys.stderr,
-    )
-    print(f"{PROG}: {_schema_before_workers(settings)}", file=sys.stderr)
+    # "serving on ..." from gunicorn_conf.when_ready, once the port is bound.
+    env[SERVE_BANNER_ENV] = "preview" if settings.preview else "no-preview"
+    print(f"{PROG}: {_schema_before_workers(engine, settings)}", file=sys.stderr)
     sys.stderr.flush()
     os.execve(sys.executable, command, env)  # noqa: S606 - our own interpreter, fixed arguments
     return 0  # not reached
 
 
-def _schema_before_workers(settings: Settings) -> str:
-    """Migrate once here, before the workers (best effort: they migrate if this cannot)."""
-    from sqlalchemy.exc import SQLAlchemyError
+def _engine(url: str) -> Engine:
+    """An engine for DATABASE_URL, connected to nothing yet. A URL that cannot give one (not a
+    URL, postgres://, an unknown database, a driver not installed, an SQLite folder that cannot
+    be made) is a bad setting: one line. The URL itself is never printed (it may hold a
+    password)."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-    from cds_service.migrate import before_workers
+    from cds_service.settings import database_url_problem
     from cds_service.store import make_engine
 
+    if problem := database_url_problem(url):
+        raise SettingsError(problem)
+    scheme = url.partition("://")[0]
     try:
-        engine = make_engine(settings.database_url)
-    except (SQLAlchemyError, OSError) as exc:
-        return f"DATABASE_URL cannot be used ({type(exc).__name__})"
+        return make_engine(url)
+    except NoSuchModuleError:
+        raise SettingsError(
+            f"DATABASE_URL names {scheme}://, a database SQLAlchemy does not know: this service "
+            "stores in sqlite:///FILE or postgresql+psycopg://USER@HOST:5432/DB"
+        ) from None
+    except ArgumentError:
+        raise SettingsError(
+            "DATABASE_URL is not a database URL: sqlite:///FILE or "
+            "postgresql+psycopg://USER@HOST:5432/DB"
+        ) from None
+    except ImportError as exc:
+        raise SettingsError(
+            f"DATABASE_URL {scheme}://... needs the module {exc.name}, which is not installed"
+        ) from None
+    except OSError as exc:  # the folder of an SQLite file
+        where = f" {exc.filename}" if exc.filename else ""
+        raise SettingsError(
+            f"DATABASE_URL: the SQLite file's folder{where} cannot be made ({exc.strerror})"
+        ) from None
+
+
+def _check_issuers(settings: Settings) -> None:
+    """With CDS_AUTH=jwt every worker loads the trusted issuers: load them once here (the same
+    loader, cds_service.trust.load_issuers) so a missing or malformed file is one line."""
+    if settings.auth != "jwt" or settings.trusted_issuers_file is None:
+        return
+    from cds_service.trust import load_issuers
+
+    try:
+        load_issuers(settings.trusted_issuers_file)
+    except ValueError as exc:
+        raise SettingsError(f"CDS_TRUSTED_ISSUERS: {exc}") from None
+
+
+def _check_metrics_dir(named: str | None) -> None:
+    """gunicorn_conf.on_starting makes and empties PROMETHEUS_MULTIPROC_DIR in the master:
+    one that cannot be written would be a traceback there."""
+    if not named:
+        return
+    folder = Path(named)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(
+            f"PROMETHEUS_MULTIPROC_DIR {named!r} cannot be made ({exc.strerror})"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SettingsError(f"PROMETHEUS_MULTIPROC_DIR {named!r} cannot be written")
+
+
+def _check_port(host: str, port: int) -> None:
+    """Bind host:port once, with gunicorn's socket options, and let it go: a port in use is
+    one line and exit status 2 here, rather than five seconds of gunicorn's retries."""
+    import errno
+    import socket
+
+    where = f"{host}:{port}"
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise UsageError(f"cannot listen on {where}: the host is not known ({reason})") from None
+    hints = {
+        errno.EADDRINUSE: "the port is in use (another server? --port or PORT to choose another)",
+        errno.EACCES: "permission denied (a port below 1024 needs privileges)",
+        errno.EADDRNOTAVAIL: "not an address of this machine (--host or HOST)",
+    }
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            reason = hints.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+            raise UsageError(f"cannot listen on {where}: {reason}") from None
+
+
+def _schema_before_workers(engine: Engine, settings: Settings) -> str:
+    """Migrate once here, before the workers (best effort: they migrate if this cannot; a
+    database that does not answer is not an error, the service serves without it)."""
+    from cds_service.migrate import before_workers
+
     return before_workers(engine, settings.auto_migrate)
 
 
@@ -134,12 +249,11 @@ def _on_store(args: argparse.Namespace, work: Callable[[Engine, Settings], T]) -
     answer, or a schema this version cannot use, is one line and exit status 1."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from cds_service.store import SchemaVersionError, make_engine
+    from cds_service.store import SchemaVersionError
 
     settings = Settings.from_env()
-    engine = None
+    engine = _engine(args.database_url or settings.database_url)  # a bad URL: exit status 2
     try:
-        engine = make_engine(args.database_url or settings.database_url)
         return work(engine, settings)
     except SchemaVersionError as exc:
         raise StoreFailure(str(exc)) from None
@@ -149,8 +263,7 @@ def _on_store(args: argparse.Namespace, work: Callable[[Engine, Settings], T]) -
         reason = f"{type(cause).__name__} ({detail})" if detail else type(cause).__name__
         raise StoreFailure(f"the database did not answer: {reason}") from None
     finally:
-        if engine is not None:
-            engine.dispose()
+        engine.dispose()
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -572,25 +685,21 @@ def _serve_parser(commands: Any) -> None:
     )
     serve.add_argument(
         "--host",
-        default=os.environ.get("HOST", "127.0.0.1"),
         help="address to bind (default 127.0.0.1; HOST)",
     )
     serve.add_argument(
         "--port",
         type=_port,
-        default=os.environ.get("PORT", "8080"),
         help="port (default 8080; PORT)",
     )
     serve.add_argument(
         "--workers",
         type=_positive,
-        default=os.environ.get("WEB_CONCURRENCY", "2"),
         help="worker processes (default 2; WEB_CONCURRENCY)",
     )
     serve.add_argument(
         "--threads",
         type=_positive,
-        default=os.environ.get("CDS_THREADS", "32"),
         help="threads per worker (default 32; CDS_THREADS): more than the slow clients a "
         "worker may meet at once, each held for at most CDS_CLIENT_TIMEOUT_SECONDS",
     )
@@ -613,9 +722,7 @@ def _serve_parser(commands: Any) -> None:
         help="FHIR server to fetch missing prefetch from; repeatable (CDS_FHIR_SERVERS)",
     )
     _shared(serve, "--lang", help="default card language (CDS_DEFAULT_LANGUAGE)")
-    serve.add_argument(
-        "--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="LOG_LEVEL"
-    )
+    serve.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="LOG_LEVEL")
     _shared(serve, "--cards-dir")
     serve.set_defaults(func=cmd_serve)
 

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -398,10 +399,21 @@ def test_serve_runs_gunicorn_with_the_service(tmp_path: Path) -> None:
     assert status == 0
     assert (tmp_path / "served" / "store.sqlite3").is_file()
     lines = log.read_text().splitlines()
-    assert lines[0].startswith(f"calcinosis-cds: serving on http://127.0.0.1:{port}")
-    # Migrated once, before the workers started.
-    assert lines[1] == f"calcinosis-cds: schema at {head_revision()} (migrated from none)"
-    assert all(json.loads(line) for line in lines[2:])  # gunicorn and the service log in JSON
+    # Migrated once, before gunicorn started.
+    assert lines[0] == f"calcinosis-cds: schema at {head_revision()} (migrated from none)"
+    # "serving on" once, after gunicorn bound the port, before it forked the workers.
+    serving = [i for i, line in enumerate(lines) if line.startswith("calcinosis-cds: serving")]
+    assert len(serving) == 1
+    assert lines[serving[0]].startswith(
+        f"calcinosis-cds: serving on http://127.0.0.1:{port} with 2 workers of 32 threads"
+    )
+    # The rest is gunicorn's and the service's log, in JSON.
+    messages = {
+        i: json.loads(line)["message"] for i, line in enumerate(lines) if i not in (0, serving[0])
+    }
+    listening = next(i for i, m in messages.items() if m.startswith("Listening at"))
+    booting = min(i for i, m in messages.items() if m.startswith("Booting worker"))
+    assert listening < serving[0] < booting
 
 
 def test_serve_refuses_a_bad_setting_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -416,3 +428,94 @@ def test_serve_refuses_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = run(capsys, "serve", "--port", "99999")
     assert status == 2
     assert "is not a TCP port" in err
+
+
+@pytest.fixture
+def no_exec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal that failed to refuse must not turn the test process into gunicorn."""
+
+    def refuse(*_args: object) -> None:
+        raise AssertionError("serve went on to exec gunicorn")
+
+    monkeypatch.setattr(os, "execve", refuse)
+    for var in ("DATABASE_URL", "CDS_AUTH", "CDS_TRUSTED_ISSUERS", "LOG_LEVEL", "PORT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def one_line_refusal(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run the command, expect exit status 2 and exactly one line on stderr; that line."""
+    status, out, err = run(capsys, *argv)
+    assert (status, out) == (2, "")
+    assert len(err.splitlines()) == 1, err
+    return err.strip()
+
+
+@pytest.mark.usefixtures("no_exec")
+def test_serve_refuses_a_postgres_scheme_with_the_spelling_to_use(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SQLAlchemy would say "Can't load plugin: sqlalchemy.dialects:postgres" in every worker."""
+    line = one_line_refusal(capsys, "serve", "--database-url", "postgres://u:secret@db/x")
+    assert "postgres://" in line
+    assert "write postgresql+psycopg://" in line
+    assert "secret" not in line  # a URL's password is never printed
+    line = one_line_refusal(capsys, "migrate", "--database-url", "postgres://u:secret@db/x")
+    assert "write postgresql+psycopg://" in line  # the store commands say the same
+
+
+@pytest.mark.usefixtures("no_exec")
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "cannot read the trusted issuers file (No such file or directory)"),
+        ('{"issuers": [', "not valid JSON"),
+        ('{"issuers": []}', "expected an object with a non-empty 'issuers' array"),
+        ('{"issuers": [{"iss": "https://ehr.example.org"}]}', "needs a jwks_url or a static"),
+    ],
+)
+def test_serve_refuses_trusted_issuers_it_cannot_load_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: str | None, problem: str
+) -> None:
+    """Checked with the loader the workers use (trust.load_issuers), before they start."""
+    issuers = tmp_path / "issuers.json"
+    if content is not None:
+        issuers.write_text(content, encoding="utf-8")
+    argv = ("serve", "--auth", "jwt", "--trusted-issuers", str(issuers))
+    line = one_line_refusal(capsys, *argv)
+    assert line.startswith(f"calcinosis-cds: setting: CDS_TRUSTED_ISSUERS: {issuers}: ")
+    assert problem in line
+
+
+@pytest.mark.usefixtures("no_exec")
+def test_serve_refuses_a_port_in_use_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Rather than gunicorn's five seconds of retries."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        store = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+        line = one_line_refusal(capsys, "serve", "--port", str(port), "--database-url", store)
+    assert line.startswith(f"calcinosis-cds: cannot listen on 127.0.0.1:{port}: the port is in use")
+    assert not (tmp_path / "store.sqlite3").exists()  # not migrated: nothing was started
+
+
+@pytest.mark.usefixtures("no_exec")
+@pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        ("LOG_LEVEL", "verbose", "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("PORT", "http", "PORT: 'http' is not a TCP port"),
+        ("WEB_CONCURRENCY", "0", "WEB_CONCURRENCY: '0' is not a positive integer"),
+    ],
+)
+def test_serve_refuses_a_bad_variable_in_one_line_naming_it(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    var: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv(var, value)
+    assert one_line_refusal(capsys, "serve").startswith(f"calcinosis-cds: setting: {message}")
