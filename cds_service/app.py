@@ -15,6 +15,7 @@ from cds_service.settings import Settings
 from cds_service.store import Store
 from cds_service.store_guard import GuardedStore
 from cds_service.trust import JwtVerifier, load_issuers
+from cds_service.web.json_provider import JsonProvider
 
 log = logging.getLogger("cds_service")
 BOOT_SCHEMA_SECONDS = 2.0  # the longest a starting worker waits for the schema (it goes on)
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # "//cds-services" is not a route: a 404 in JSON, not a redirect with an HTML body.
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json = JsonProvider(app)  # orjson for the responses (web/json_provider.py)
     app.json.sort_keys = False  # keep cards in the order the spec documents them
     app.extensions["cds_engine"] = engine
     app.extensions["cds_verifier"] = _verifier(settings, store)

@@ -35,9 +35,9 @@ from cds_service.settings import DEVELOPMENT_HASH_KEY, Settings
 from cds_service.store import FeedbackEntry, IssuedCard, Store
 from cds_service.store_guard import GuardedStore
 from cds_service.suppression import (
+    CallKeys,
     SnoozePolicy,
     Suppression,
-    evidence_fingerprint,
     override_explained,
 )
 from cds_service.terminology import Terminology
@@ -181,7 +181,8 @@ class CdsEngine:
             self.renderer.indicator,
             quiet_standing=self.settings.quiet_standing_interactions,
         )
-        findings = self._unrepeated(service.hook, patient_id, encounter_id, fired, now)
+        keys = self.suppression.keys(patient_id)  # each finding's keys computed once
+        findings = self._unrepeated(service.hook, patient_id, encounter_id, fired, now, keys)
 
         # No card proposes a drug the patient takes or the safety table flags (issue 12): only
         # the drugs the cards of this response may propose are checked.
@@ -194,6 +195,7 @@ class CdsEngine:
             range(len(cards)),
             key=lambda i: (INDICATORS.index(cards[i]["indicator"]), findings[i].rule),
         )
+        encounter_key = self.suppression.encounter_key(patient_id, encounter_id)
         issued = tuple(
             IssuedCard(
                 uuid=cards[i]["uuid"],
@@ -204,16 +206,16 @@ class CdsEngine:
                 knowledge_version=self.knowledge_version,
                 hook_instance=call.hook_instance,
                 issued_at=now,
-                subject_key=self.suppression.subject_key(patient_id, findings[i]),
-                evidence_hash=evidence_fingerprint(findings[i]),
-                encounter_key=self.suppression.encounter_key(patient_id, encounter_id),
+                subject_key=keys.subject(findings[i]),
+                evidence_hash=keys.evidence(findings[i]),
+                encounter_key=encounter_key,
                 also_rules=",".join(a.rule for a in findings[i].also) or None,
             )
             for i in order
         )
         self._record(issued)
         try:
-            self.suppression.remember(service.hook, patient_id, encounter_id, findings, now)
+            self.suppression.remember(service.hook, patient_id, encounter_id, findings, now, keys)
         except StoreUnavailable:
             pass  # the outage was logged once by the store guard
         except Exception as exc:  # noqa: BLE001 - memory is best effort
@@ -252,11 +254,17 @@ class CdsEngine:
         return shown, cards
 
     def _unrepeated(
-        self, hook: str, patient_id: str, encounter_id: str, findings: list[Finding], now: datetime
+        self,
+        hook: str,
+        patient_id: str,
+        encounter_id: str,
+        findings: list[Finding],
+        now: datetime,
+        keys: CallKeys,
     ) -> list[Finding]:
         """Drop repeats and snoozed cards; if the store cannot say, show everything."""
         try:
-            return self.suppression.filter(hook, patient_id, encounter_id, findings, now)
+            return self.suppression.filter(hook, patient_id, encounter_id, findings, now, keys)
         except StoreUnavailable:
             return findings  # failing open; the outage was logged once by the store guard
         except Exception as exc:  # noqa: BLE001 - failing open: a clinician sees the card

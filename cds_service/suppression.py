@@ -48,8 +48,7 @@ log = logging.getLogger(__name__)
 
 
 def _sha256(value: Any) -> str:
-    canonical = json.dumps(value, sort_keys=True, default=_jsonable, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(_FINGERPRINT_JSON.encode(value).encode()).hexdigest()
 
 
 def _jsonable(value: Any) -> Any:
@@ -58,6 +57,13 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, frozenset | set):
         return sorted(value)
     raise TypeError(f"cannot fingerprint {type(value).__name__}")
+
+
+# What json.dumps(value, sort_keys=True, separators=(",", ":")[, default=_jsonable]) writes, with
+# the encoder made once: a fingerprint must not change from one version to the next (a snooze
+# would end), so the text hashed stays exactly the standard library's.
+_FINGERPRINT_JSON = json.JSONEncoder(sort_keys=True, default=_jsonable, separators=(",", ":"))
+_SORT_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 def _drug(finding: Finding) -> MedicationFact | None:
@@ -100,6 +106,18 @@ def canonical(value: Any, *, strict: bool = False) -> Any:
     its resource. A value of any other kind raises TypeError when `strict` (tests), else counts
     by its repr (the fingerprint may then differ between calls: the card is shown, not hidden).
     """
+    kind = type(value)
+    # The common kinds first, by exact type (the same result as the general tests below); a
+    # plain scalar inside them is taken as it is, without a call.
+    if kind in _SCALARS:
+        return value
+    if kind is dict:
+        return {
+            str(k): v if type(v) in _SCALARS else canonical(v, strict=strict)
+            for k, v in value.items()
+        }
+    if kind is list or kind is tuple:
+        return [v if type(v) in _SCALARS else canonical(v, strict=strict) for v in value]
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, datetime | date):
@@ -108,19 +126,15 @@ def canonical(value: Any, *, strict: bool = False) -> Any:
         parts = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
         resource = parts.pop("resource") or {}
         parts["order"] = {k: resource.get(k) for k in ORDER_PARTS}
-        return [type(value).__name__, canonical(parts, strict=strict)]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [
-            type(value).__name__,
-            {
-                f.name: canonical(getattr(value, f.name), strict=strict)
-                for f in dataclasses.fields(value)
-            },
-        ]
+        return [kind.__name__, canonical(parts, strict=strict)]
+    names = _field_names(kind)
+    if names is not None:
+        fields = {name: getattr(value, name) for name in names}
+        return [kind.__name__, canonical(fields, strict=strict)]
     if isinstance(value, Mapping):
         return {str(k): canonical(v, strict=strict) for k, v in value.items()}
     if isinstance(value, frozenset | set):
-        return sorted((canonical(v, strict=strict) for v in value), key=_sort_key)
+        return sorted((canonical(v, strict=strict) for v in value), key=_SORT_JSON.encode)
     if isinstance(value, list | tuple):
         return [canonical(v, strict=strict) for v in value]
     if strict:
@@ -129,8 +143,20 @@ def canonical(value: Any, *, strict: bool = False) -> Any:
     return ["?", type(value).__name__, repr(value)]
 
 
-def _sort_key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+_SCALARS = frozenset({type(None), bool, int, float, str})
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
+
+
+def _field_names(kind: type) -> tuple[str, ...] | None:
+    """The field names of a dataclass type (None for any other type), looked up once per type."""
+    try:
+        return _FIELD_NAMES[kind]
+    except KeyError:
+        names = None
+        if dataclasses.is_dataclass(kind):
+            names = tuple(f.name for f in dataclasses.fields(kind))
+        _FIELD_NAMES[kind] = names
+        return names
 
 
 def evidence_fingerprint(finding: Finding, *, strict: bool = False) -> str:
@@ -222,6 +248,10 @@ class Suppression:
         drug = _drug(finding)
         return self._hmac("standing", patient_id, finding.rule, drug.ref if drug else "")
 
+    def keys(self, patient_id: str) -> CallKeys:
+        """A memo of the keys of one call's findings (see CallKeys)."""
+        return CallKeys(self, patient_id)
+
     # ------------------------------------------------------------------ per hook
 
     def filter(
@@ -231,9 +261,12 @@ class Suppression:
         encounter_id: str,
         findings: Iterable[Finding],
         now: datetime,
+        keys: CallKeys | None = None,
     ) -> list[Finding]:
-        """The findings to show; drops repeats at order-sign and snoozed cards at patient-view."""
+        """The findings to show; drops repeats at order-sign and snoozed cards at patient-view.
+        `keys`: the call's memo (the engine uses its keys again for the issued-card log)."""
         findings = list(findings)
+        keys = keys or self.keys(patient_id)
         if hook == "order-sign":
             kept = []
             for finding in findings:
@@ -243,29 +276,29 @@ class Suppression:
                     kept.append(finding)
             return kept
         if hook == "patient-view":
-            findings = self._not_recently_issued(patient_id, findings, now)
-            cards = [(self.subject_key(patient_id, f), evidence_fingerprint(f)) for f in findings]
+            findings = self._not_recently_issued(keys, findings, now)
+            cards = [(keys.subject(f), keys.evidence(f)) for f in findings]
             encounter = self.encounter_key(patient_id, encounter_id)
-            snoozed = self.store.snoozed(cards, now, encounter)
+            snoozed = self.store.snoozed(cards, now, encounter) if cards else set()
             for finding, card in zip(findings, cards, strict=True):
                 if card in snoozed:
                     log.info("suppressed snoozed %s at patient-view", finding.rule)
             kept = [f for f, card in zip(findings, cards, strict=True) if card not in snoozed]
-            return [f for f in kept if not self._standing_unchanged(patient_id, f)]
+            return [f for f in kept if not self._standing_unchanged(keys, f)]
         return findings
 
-    def _standing_unchanged(self, patient_id: str, finding: Finding) -> bool:
+    def _standing_unchanged(self, keys: CallKeys, finding: Finding) -> bool:
         """A standing interaction shown before with the same evidence."""
         if not finding.quiet_unless_changed:
             return False
-        shown = self.store.caution(self.standing_key(patient_id, finding))
-        if shown is None or shown[0] != evidence_fingerprint(finding):
+        shown = self.store.caution(self.standing_key(keys.patient_id, finding))
+        if shown is None or shown[0] != keys.evidence(finding):
             return False
         log.info("suppressed unchanged standing %s at patient-view", finding.rule)
         return True
 
     def _not_recently_issued(
-        self, patient_id: str, findings: list[Finding], now: datetime
+        self, keys: CallKeys, findings: list[Finding], now: datetime
     ) -> list[Finding]:
         """Drop the findings of rules with an interval whose card this patient was issued
         within that interval."""
@@ -274,11 +307,11 @@ class Suppression:
             return findings
         recent: set[str] = set()
         for finding in timed:
-            key = self.subject_key(patient_id, finding)
+            key = keys.subject(finding)
             recent |= self.store.issued_since([key], now - self.intervals[finding.rule])
         kept = []
         for finding in findings:
-            if finding.rule in self.intervals and self.subject_key(patient_id, finding) in recent:
+            if finding.rule in self.intervals and keys.subject(finding) in recent:
                 log.info("suppressed %s: issued within its interval", finding.rule)
             else:
                 kept.append(finding)
@@ -302,14 +335,16 @@ class Suppression:
         encounter_id: str,
         findings: Iterable[Finding],
         now: datetime,
+        keys: CallKeys | None = None,
     ) -> None:
         """At order-select, remember the cautions shown about draft orders; at patient-view, the
         evidence of the standing interactions shown."""
         if hook == "patient-view":
+            keys = keys or self.keys(patient_id)
             for finding in findings:
                 if finding.quiet_unless_changed:
                     self.store.remember_caution(
-                        self.standing_key(patient_id, finding), evidence_fingerprint(finding), now
+                        self.standing_key(patient_id, finding), keys.evidence(finding), now
                     )
             return
         if hook != "order-select":
@@ -344,3 +379,30 @@ class Suppression:
             encounter_key=issued.encounter_key if bound else None,
         )
         return True
+
+
+class CallKeys:
+    """The keys of one call's findings, each computed once: the subject key (an HMAC) and the
+    evidence fingerprint (every fact the card rests on, field by field: the costly one), for the
+    snooze look-up, the standing interactions and the issued-card log alike. Keyed by the
+    finding's identity (the finding is kept, so its id is not reused during the call)."""
+
+    def __init__(self, suppression: Suppression, patient_id: str) -> None:
+        self.patient_id = patient_id
+        self._suppression = suppression
+        self._subjects: dict[int, tuple[Finding, str]] = {}
+        self._evidence: dict[int, tuple[Finding, str]] = {}
+
+    def subject(self, finding: Finding) -> str:
+        known = self._subjects.get(id(finding))
+        if known is None or known[0] is not finding:
+            known = (finding, self._suppression.subject_key(self.patient_id, finding))
+            self._subjects[id(finding)] = known
+        return known[1]
+
+    def evidence(self, finding: Finding) -> str:
+        known = self._evidence.get(id(finding))
+        if known is None or known[0] is not finding:
+            known = (finding, evidence_fingerprint(finding))
+            self._evidence[id(finding)] = known
+        return known[1]

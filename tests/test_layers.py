@@ -29,9 +29,11 @@ ALLOWED: dict[str, set[str]] = {
     P + "store_guard": {P + "errors", P + "store"},
     P + "urls": set(),
     P + "trust": {P + "urls"},
-    P + "terminology": set(),
+    # Answers remembered by content (issue 17): no knowledge of FHIR or of the request.
+    P + "memo": set(),
+    P + "terminology": {P + "memo"},
     P + "hooks": {P + "errors", P + "terminology"},
-    P + "fhir": {P + "errors", P + "terminology", P + "urls"},
+    P + "fhir": {P + "errors", P + "memo", P + "terminology", P + "urls"},
     P + "knowledge": {P + "fhir", P + "terminology"},
     P + "rules": {P + "fhir", P + "knowledge", P + "terminology"},
     P + "cards": {P + "rules", P + "knowledge", P + "fhir", P + "terminology", P + "settings"},

@@ -100,3 +100,12 @@ def test_concurrent_schema_creation_is_tolerated(database_url: str) -> None:
     assert all(s.healthy() for s in stores)
     for s in stores:
         s.dispose()
+
+
+def test_sqlite_commits_without_a_flush_of_their_own(tmp_path: Path) -> None:
+    """WAL with synchronous=NORMAL (issue 17): no fsync per commit; see README, Settings."""
+    store = Store.from_url(f"sqlite:///{tmp_path / 'cds.sqlite3'}")
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    store.dispose()

@@ -24,7 +24,6 @@ import pytest
 from flask import Flask
 from sqlalchemy import Column, MetaData, Table, create_engine, text
 
-from cds_service import engine as engine_module
 from cds_service import store as store_module
 from cds_service import suppression
 from cds_service import terminology as terminology_module
@@ -514,7 +513,6 @@ def fixture_findings(tmp_path_factory: pytest.TempPathFactory) -> Seen:
     clock = Clock()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(suppression, "evidence_fingerprint", strict)
-        patch.setattr(engine_module, "evidence_fingerprint", strict)
         tmp = tmp_path_factory.mktemp("fingerprints")
         for run, shift in enumerate((timedelta(0), timedelta(minutes=1))):
             url = f"sqlite:///{tmp / f'run-{run}.sqlite3'}"

@@ -8,7 +8,6 @@ several findings offers it once) and which drugs the cards of some rules may pro
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -135,7 +134,9 @@ def _suggestion(
                 "resourceId": f"MedicationRequest/{drug.id}",
             }
         else:  # stop the active order
-            resource = copy.deepcopy(dict(drug.resource))
+            # Only top-level fields change: a shallow copy leaves the order read from the
+            # request as it was, and the card is serialised before anything else reads it.
+            resource = dict(drug.resource)
             resource["status"] = "stopped"
             resource["statusReason"] = {"text": spec["reason"][lang]}
             action = {"type": "update", "description": label, "resource": resource}

@@ -24,10 +24,13 @@ from typing import Any
 
 import yaml
 
+from cds_service.memo import ContentMemo, content_key
 from cds_service.terminology import systems
 from cds_service.terminology.systems import ATC, ICD10, ICD10CM, LOINC, RXNORM, SNOMED
 
 VALUESET_DIR = Path(__file__).resolve().parent / "valuesets"
+# How many orders' drug value sets a Terminology remembers (Terminology.match_medication).
+MEDICATIONS_MAX = 4096
 # libyaml's loader when the platform has it (several times faster), else the pure-Python one.
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -225,6 +228,8 @@ class Terminology:
                     self._prefixes.setdefault(c.system, []).append((key[1], vs.id))
             for phrase in vs.phrases:
                 self._phrases.setdefault(vs.applies_to, []).append((f" {phrase} ", vs.id))
+        # The drug value sets of the last orders seen, by what match_medication reads.
+        self._medications: ContentMemo[tuple[Match, ...]] = ContentMemo(MEDICATIONS_MAX)
 
     @classmethod
     def load(cls, directory: Path = VALUESET_DIR) -> Terminology:
@@ -248,10 +253,21 @@ class Terminology:
         """Drug value sets a medication order belongs to ("any product containing this
         ingredient"): `concept` is MedicationRequest.medicationCodeableConcept, `medication` the
         resolved Medication resource, `request` the MedicationRequest (its dosageInstruction
-        routes); any may be None. See medicines.py."""
+        routes); any may be None. See medicines.py. The same product, Medication and dosage
+        instructions are recognised once per process (cds_service/memo.py): many orders name
+        the same drugs, and an EHR sends the same orders again at each chart opening."""
         from cds_service.terminology.medicines import match_medication
 
-        return match_medication(self, concept, medication, request)
+        # What medicines.py reads: the concept, the Medication, the request's dosage
+        # instructions (routes, sites, texts), and nothing else of the request. An absent
+        # part is left out of the key, since a null keeps any content from being remembered.
+        dosages = request.get("dosageInstruction") if isinstance(request, Mapping) else None
+        read = {"concept": concept, "medication": medication, "dosage": dosages}
+        key = content_key({name: part for name, part in read.items() if part is not None})
+        found = self._medications.get(
+            key, lambda: tuple(match_medication(self, concept, medication, request))
+        )
+        return list(found)
 
     def match(self, concept: Mapping[str, Any] | None, applies_to: str) -> list[Match]:
         """Value sets this CodeableConcept belongs to, recognised by code first, then by text.
