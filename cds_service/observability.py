@@ -38,6 +38,7 @@ import threading
 import tomllib
 import traceback
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from functools import cache, wraps
 from importlib import metadata
@@ -327,6 +328,28 @@ def _field(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
     return str(value)[:limit]
 
 
+# The X-Request-ID of the call this thread is serving (set and reset by the web layer): every
+# log line written during the call carries it, the FHIR fetch's and the store's included.
+CALL_REQUEST_ID: ContextVar[str | None] = ContextVar("cds_call_request_id", default=None)
+
+
+def _stamp_call_id(factory: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """A record factory that notes the call's id when the record is made (it may be formatted
+    later, after the call). Under a private name: `extra={"request_id": ...}` must still work."""
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        record._cds_call_id = CALL_REQUEST_ID.get()
+        return record
+
+    make._cds_stamps = True  # type: ignore[attr-defined]
+    return make
+
+
+if not getattr(logging.getLogRecordFactory(), "_cds_stamps", False):
+    logging.setLogRecordFactory(_stamp_call_id(logging.getLogRecordFactory()))
+
+
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The structured fields of a record: its `extra`, and for gunicorn's access log the
     request (method, path without its query string, status, size, duration) and the
@@ -349,6 +372,8 @@ def record_fields(record: logging.LogRecord) -> dict[str, Any]:
         # did not answer (a request cut before it reached Flask).
         if (request_id := atoms.get("{x-request-id}o")) is not None:
             fields["request_id"] = _field(request_id)
+    elif "request_id" not in fields and (call := getattr(record, "_cds_call_id", None)):
+        fields["request_id"] = call
     return fields
 
 

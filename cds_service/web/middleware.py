@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from flask import Flask, Response, current_app, g, request
 
-from cds_service.observability import Metrics, service_labels
+from cds_service.observability import CALL_REQUEST_ID, Metrics, service_labels
 from cds_service.trust import AuthError, JwtVerifier
 from cds_service.web.body import engine
 
@@ -64,7 +64,17 @@ def request_id() -> str:
         offered = request.headers.get(REQUEST_ID_HEADER, "")
         settled = offered if SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
         g.request_id = settled
+        g.request_id_token = CALL_REQUEST_ID.set(settled)  # on every line of the call
     return settled
+
+
+def end_call_log_context(_exc: BaseException | None) -> None:
+    """The thread serves another request next: its lines no longer carry this one's id."""
+    if (token := g.pop("request_id_token", None)) is not None:
+        try:
+            CALL_REQUEST_ID.reset(token)
+        except ValueError:  # set in another context: none of this call's lines are left
+            CALL_REQUEST_ID.set(None)
 
 
 def start_clock() -> None:
@@ -167,3 +177,4 @@ def init_app(app: Flask) -> None:
     app.after_request(security_headers)
     app.after_request(request_id_header)
     app.after_request(cors)
+    app.teardown_request(end_call_log_context)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,8 @@ from flask.testing import FlaskClient
 from gunicorn.glogging import SafeAtoms
 
 from cds_service.observability import JsonFormatter, TextFormatter
-from tests.conftest import SERVICE_URL, load_request
+from tests.conftest import SERVICE_URL, app_with, load_request
+from tests.fhir_stub import StubFhirServer
 
 REQUEST = load_request("02-aluminium-egfr-22")
 GENERATED = re.compile(r"[0-9a-f]{32}")
@@ -85,6 +87,26 @@ def test_the_hook_call_line_carries_the_id_of_the_response(
     assert sent.headers["X-Request-ID"] == "ehr-call-0042"
     ids = [line["request_id"] for line in lines(logs, "hook call")]
     assert ids == ["ehr-call-0042", made.headers["X-Request-ID"]]
+
+
+def test_every_line_written_during_a_call_carries_its_id(
+    tmp_path: Path, logs: pytest.LogCaptureFixture
+) -> None:
+    """Not only the call's own line: the FHIR fetch's warning too; and a line written after
+    the call, on the same thread, carries no stale id."""
+    body = {k: v for k, v in REQUEST.items() if k != "prefetch"}
+    with StubFhirServer({}) as stub:  # answers 404 to everything
+        body["fhirServer"] = stub.base_url
+        with app_with(tmp_path, fhir_servers=(stub.base_url,)) as app:
+            answer = app.test_client().post(
+                SERVICE_URL, json=body, headers={"X-Request-ID": "ehr-fetch-7"}
+            )
+    assert answer.status_code == 412
+    fetch = lines(logs, "FHIR fetch failed")
+    assert fetch
+    assert {line["request_id"] for line in fetch} == {"ehr-fetch-7"}
+    logging.getLogger("cds_service").warning("after the call")
+    assert "request_id" not in lines(logs, "after the call")[0]
 
 
 def test_a_refused_call_and_an_unexpected_error_carry_the_id(
