@@ -37,7 +37,6 @@ import http.client
 import json
 import multiprocessing
 import os
-import platform
 import re
 import select
 import signal
@@ -56,12 +55,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.report import README, machine_facts, say, write_readme
+
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
 MARKER_START = "<!-- chaos:start -->"
 MARKER_END = "<!-- chaos:end -->"
 FIXTURES = ROOT / "fixtures"
@@ -88,10 +87,6 @@ KID = "chaos-k1"
 # The fixtures the scenarios send (they give cards on any date: renal alerts, synthesis).
 CARD_FIXTURES = ("02-aluminium-egfr-22", "05-aluminium-creatinine-umol", "01-ssc-calcinosis")
 SELECT_FIXTURE = "21-select-aluminium-egfr-22"
-
-
-def say(message: str = "") -> None:
-    print(message, flush=True)
 
 
 # ----------------------------------------------------------------------------- results
@@ -313,9 +308,8 @@ def feedback_entry(
 # ----------------------------------------------------------------------------- the service
 
 
-def serve_threads() -> str | None:
-    """None when `calcinosis-cds serve` has no --threads (sync workers); else its default
-    as its help says it ("" when it does not say)."""
+def serve_threads() -> str:
+    """The threads per worker `calcinosis-cds serve` runs by default, as its help says it."""
     done = subprocess.run(
         [sys.executable, "-m", "cds_service", "serve", "--help"],
         cwd=ROOT,
@@ -324,11 +318,9 @@ def serve_threads() -> str | None:
         check=False,
         timeout=60,
     )
-    if "--threads" not in done.stdout:
-        return None
     # The option's own help (not the usage line, where the next "default" is another's).
     found = re.search(r"^\s+--threads\b.*?default (\d+)", done.stdout, re.DOTALL | re.MULTILINE)
-    return found.group(1) if found else ""
+    return found.group(1) if found else "?"
 
 
 @dataclass
@@ -1309,18 +1301,6 @@ S6_SHIFT = timedelta(days=2)  # the old half of the calls, as if made two days a
 S6_FIXTURES = ("05-aluminium-creatinine-umol", "06-aluminium-ckd4-coded")  # cheap, one card
 
 
-def prune_available() -> bool:
-    done = subprocess.run(
-        [sys.executable, "-m", "cds_service", "prune", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    return done.returncode == 0
-
-
 def s6_calls(database_url: str, shift_s: float, first: int, count: int, log: str) -> dict[str, int]:
     """`count` calls through the Flask test client of an app whose clock is `shift_s` seconds
     behind (run in a process of its own): in every 10, 5 patient-view, 1 order-select and 4
@@ -1395,8 +1375,6 @@ def count_rows(url: str) -> dict[str, int]:
 def s6_retention(run: Run, stack: contextlib.ExitStack) -> list[Check]:
     """Half the calls dated two days ago, half now; the rows counted after each half, then
     after `calcinosis-cds prune` with every retention at one day."""
-    if not prune_available():
-        raise Skip("prune command not available (calcinosis-cds prune)")
     if run.postgres_url is not None:
         schema = stack.enter_context(private_schema(run.postgres_url, "s6"))
         # Commits not waited for on disk (this session only): the calls are what is measured.
@@ -1541,30 +1519,6 @@ def run_scenario(run: Run, name: str, left_s: float) -> list[Check]:
         say(f"  {name} {title}: {seconds(time.monotonic() - started)}")
 
 
-def machine_facts() -> str:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                model = " (" + line.split(":", 1)[1].strip() + ")"
-                break
-    return (
-        f"{os.cpu_count()} CPUs{model}, {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}, gunicorn {metadata.version('gunicorn')}"
-    )
-
-
-def write_readme(block: str) -> bool:
-    text = README.read_text(encoding="utf-8")
-    start, end = text.find(MARKER_START), text.find(MARKER_END)
-    if start < 0 or end < start:
-        say(f"NOTE: {README.name} has no {MARKER_START} / {MARKER_END} markers: not written")
-        return False
-    updated = text[: start + len(MARKER_START)] + "\n" + block + "\n" + text[end:]
-    README.write_text(updated, encoding="utf-8")
-    return True
-
-
 def _terminated(_signal: int, _frame: object) -> None:
     raise SystemExit(143)
 
@@ -1603,9 +1557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with folder as tmp:
         if args.keep:
             say(f"Logs kept in {tmp}")
-        default_threads = serve_threads()
-        threads = args.threads if default_threads is not None else None
-        run = Run(Path(tmp), threads, None)
+        run = Run(Path(tmp), args.threads, None)
         if not postgres:
             run.postgres_why = "no PostgreSQL (scripts/ensure-postgres found none)"
         elif why := probe_postgres(postgres):
@@ -1613,13 +1565,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             run.postgres_url = postgres
         run.serve_config = f"calcinosis-cds serve --workers {WORKERS}"
-        if threads is not None:
-            run.serve_config += f" --threads {threads}"
-        elif default_threads is not None:
-            run.serve_config += f" (its default --threads {default_threads or '?'})"
+        if args.threads is not None:
+            run.serve_config += f" --threads {args.threads}"
         else:
-            run.serve_config += " (sync workers: serve has no --threads"
-            run.serve_config += f"{', --threads ignored' if args.threads else ''})"
+            run.serve_config += f" (its default --threads {serve_threads()})"
         say(
             f"Fault battery: {', '.join(chosen)}; service `{run.serve_config}`; PostgreSQL: "
             + ("reachable" if run.postgres_url else run.postgres_why)
@@ -1633,10 +1582,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             checks += run_scenario(run, name, left)
     took = time.monotonic() - started
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    machine = machine_facts("gunicorn")
     block = "\n".join(
         [
             textwrap.fill(
-                f"Measured {when} by `make chaos` in {seconds(took)} on {machine_facts()}; the "
+                f"Measured {when} by `make chaos` in {seconds(took)} on {machine}; the "
                 f"service as `{run.serve_config}`, CDS_FHIR_DEADLINE_MS={FHIR_DEADLINE_MS}, "
                 f"CDS_CLIENT_TIMEOUT_SECONDS={CLIENT_TIMEOUT_S}, the other settings their "
                 "defaults.",
@@ -1651,7 +1601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say("\n" + block)
     if args.write_readme and args.only:
         say(f"\nNOTE: {README.name} not written: --only ran part of the battery.")
-    elif args.write_readme and write_readme(block):
+    elif args.write_readme and write_readme(block, MARKER_START, MARKER_END):
         say(f"\n{README.name} updated (between {MARKER_START} and {MARKER_END}).")
     return 1 if any(c.result == "FAIL" for c in checks) else 0
 

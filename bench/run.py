@@ -27,7 +27,6 @@ import http.client
 import json
 import logging
 import os
-import platform
 import re
 import shutil
 import signal
@@ -43,15 +42,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import redirect_stderr
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from bench import patients
+from bench.report import README, machine_facts, say, write_readme
 from bench.slow_fhir import SlowFhirServer
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
 LUA_SCRIPT = Path(__file__).resolve().parent / "post.lua"
 GUNICORN_CONF = ROOT / "cds_service" / "gunicorn_conf.py"
 SERVICE_ID = "calcinosis-patient-view"
@@ -111,10 +109,6 @@ def percentile(ordered: Sequence[float], p: float) -> float:
         return float("nan")
     rank = max(1, -(-len(ordered) * p // 100))  # ceil(n * p / 100)
     return ordered[int(rank) - 1]
-
-
-def say(message: str = "") -> None:
-    print(message, flush=True)
 
 
 # ----------------------------------------------------------------------------- in process
@@ -459,20 +453,6 @@ def measure_slow_fhir(
 # ----------------------------------------------------------------------------- report
 
 
-def machine_facts() -> str:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                model = " (" + line.split(":", 1)[1].strip() + ")"
-                break
-    return (
-        f"{os.cpu_count()} CPUs{model}, {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}, gunicorn {metadata.version('gunicorn')}, "
-        f"Flask {metadata.version('flask')}"
-    )
-
-
 def verdict(ok: bool) -> str:
     return "**pass**" if ok else "**FAIL**"
 
@@ -574,17 +554,6 @@ def _wrap(line: str) -> str:
     return textwrap.fill(line, width=100, break_long_words=False, break_on_hyphens=False)
 
 
-def write_readme(block: str) -> bool:
-    text = README.read_text(encoding="utf-8")
-    start, end = text.find(MARKER_START), text.find(MARKER_END)
-    if start < 0 or end < start:
-        say(f"NOTE: {README.name} has no {MARKER_START} / {MARKER_END} markers: not written")
-        return False
-    updated = text[: start + len(MARKER_START)] + "\n" + block + "\n" + text[end:]
-    README.write_text(updated, encoding="utf-8")
-    return True
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -676,7 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     block = report(
         rows,
         slow,
-        machine_facts(),
+        machine_facts("gunicorn", "Flask"),
         tool,
         args.duration,
         args.warmup,
@@ -684,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         floor_config,
     )
     say("\n" + block)
-    if not args.no_readme and write_readme(block):
+    if not args.no_readme and write_readme(block, MARKER_START, MARKER_END):
         say(f"\n{README.name} updated (between {MARKER_START} and {MARKER_END}).")
     errors = sum(row.service.errors + row.floor.errors for row in rows)
     return 1 if errors else 0
