@@ -45,6 +45,7 @@ from typing import Any
 # Imports no prometheus_client: it must first be imported in the workers, once
 # PROMETHEUS_MULTIPROC_DIR is set (it reads the variable when imported).
 from cds_service.observability import MULTIPROC_ENV, SERVE_BANNER_ENV, gunicorn_logconfig
+from cds_service.settings import DEFAULT_THREADS
 
 logconfig_dict = gunicorn_logconfig(os.environ.get("LOG_FORMAT", "").strip().lower() or "json")
 
@@ -54,7 +55,7 @@ logconfig_dict = gunicorn_logconfig(os.environ.get("LOG_FORMAT", "").strip().low
 control_socket_disable = True
 
 worker_class = "cds_service.serving.BoundedThreadWorker"
-threads = 32
+threads = DEFAULT_THREADS
 
 _created: list[Path] = []  # directories this master made, removed on exit
 

@@ -32,6 +32,9 @@ def content_dir(name: str) -> Path:
 DEFAULT_CARDS_DIR = content_dir("cards")
 DEFAULT_FIXTURES_DIR = content_dir("fixtures")
 SUPPORTED_LANGUAGES = ("en", "fr")
+# Threads per gunicorn worker unless CDS_THREADS or --threads says otherwise: more than the slow
+# clients one worker may meet at once (cds_service/serving.py).
+DEFAULT_THREADS = 32
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # A language tag (`fr`, `fr-FR`, `en-GB`, `zh-Hant-TW`): its first subtag is the language.
 LANGUAGE_TAG = re.compile(r"([a-z]{2,3})(?:[-_][a-z0-9]{1,8})*")

@@ -59,7 +59,7 @@ ALLOWED: dict[str, set[str]] = {
         *(P + u for u in ("web", "devtools", "engine", "observability", "settings", "store")),
         *(P + u for u in ("trust", "errors", "store_guard")),
     },
-    P + "gunicorn_conf": {P + "observability"},
+    P + "gunicorn_conf": {P + "observability", P + "settings"},
     # The gunicorn worker (slow clients); the web layer asks it whether a request was cut.
     P + "serving": {P + "settings"},
     P + "__main__": {P + "devtools"},

@@ -38,7 +38,13 @@ from cds_service.devtools.fixture_set import (
 from cds_service.devtools.hookrequest import RequestBuildError, build_request, resources_of
 from cds_service.errors import outcome_body
 from cds_service.observability import MULTIPROC_ENV, SERVE_BANNER_ENV
-from cds_service.settings import LOG_LEVELS, SUPPORTED_LANGUAGES, Settings, SettingsError
+from cds_service.settings import (
+    DEFAULT_THREADS,
+    LOG_LEVELS,
+    SUPPORTED_LANGUAGES,
+    Settings,
+    SettingsError,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -73,7 +79,7 @@ SERVE_ENVIRONMENT = {
     "host": ("HOST", "127.0.0.1"),
     "port": ("PORT", "8080"),
     "workers": ("WEB_CONCURRENCY", "2"),
-    "threads": ("CDS_THREADS", "32"),
+    "threads": ("CDS_THREADS", str(DEFAULT_THREADS)),
 }
 
 
@@ -700,8 +706,8 @@ def _serve_parser(commands: Any) -> None:
     serve.add_argument(
         "--threads",
         type=_positive,
-        help="threads per worker (default 32; CDS_THREADS): more than the slow clients a "
-        "worker may meet at once, each held for at most CDS_CLIENT_TIMEOUT_SECONDS",
+        help=f"threads per worker (default {DEFAULT_THREADS}; CDS_THREADS): more than the slow "
+        "clients a worker may meet at once, each held for at most CDS_CLIENT_TIMEOUT_SECONDS",
     )
     _shared(serve, "--database-url", help="SQLAlchemy URL of the store (DATABASE_URL)")
     serve.add_argument("--auth", choices=("off", "jwt"), help="client authentication (CDS_AUTH)")
