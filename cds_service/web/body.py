@@ -99,22 +99,26 @@ def _read_body(max_bytes: int) -> bytes:
     except RequestEntityTooLarge:
         raise too_large from None
     except Exception as exc:  # noqa: BLE001 - whatever the server's reader raises, say why
-        if read_deadline_passed(request.environ):
-            raise RequestTimeout("the request body was not received in time", path="$") from None
         if isinstance(exc, ClientDisconnected | OSError):
-            why = "it ended before its announced length"
-        else:  # gunicorn's chunk parser: InvalidChunkSize, ChunkMissingTerminator...
-            why = f"its chunked encoding is malformed ({type(exc).__name__})"
-        raise InputError(f"the request body cannot be read: {why}", path="$") from None
+            raise _unreadable(ENDED_EARLY) from None
+        # gunicorn's chunk parser: InvalidChunkSize, ChunkMissingTerminator...
+        raise _unreadable(f"its chunked encoding is malformed ({type(exc).__name__})") from None
     if len(raw) > max_bytes:
         raise too_large
     if announced is not None and len(raw) < announced:  # the stream ended early
-        if read_deadline_passed(request.environ):
-            raise RequestTimeout("the request body was not received in time", path="$")
-        raise InputError(
-            "the request body cannot be read: it ended before its announced length", path="$"
-        )
+        raise _unreadable(ENDED_EARLY)
     return raw
+
+
+ENDED_EARLY = "it ended before its announced length"
+
+
+def _unreadable(why: str) -> InputError:
+    """A body that could not be read whole: 408 when the client's time ran out (its socket was
+    shut, which is also why the read failed), else 400 saying why."""
+    if read_deadline_passed(request.environ):
+        return RequestTimeout("the request body was not received in time", path="$")
+    return InputError(f"the request body cannot be read: {why}", path="$")
 
 
 def negotiate_language() -> str:
