@@ -284,10 +284,9 @@ class GuardedStore:
                 self._fallback("dropped")
             if self._dropped and self._dropped % 1000 == 1:
                 log.error("issued-card buffer full: %d card(s) dropped so far", self._dropped)
-        if self._schema_answers():
-            # Down, busy, slow or failing: the cards stay buffered.
-            with contextlib.suppress(StoreUnavailable):
-                self.call(self._write, batch)
+        # Down, busy, slow, failing or without its schema yet: the cards stay buffered.
+        with contextlib.suppress(StoreUnavailable):
+            self.call(self._write, batch)  # (the schema first, if need be: `call_within`)
         if self.pending_count:
             self._fallback("issued")
             self._start_writer()
